@@ -1,0 +1,75 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/sallyport/sallyport/workitem"
+)
+
+// Identity is who a gateway user proved to be.
+type Identity struct {
+	User   string
+	Groups []string
+}
+
+// Login is what a client presented when it started authenticating.
+type Login struct {
+	User   string
+	Source netip.AddrPort
+	// Password is the first answer (keyboard-interactive) or the password
+	// (password method). The authenticator must not keep it.
+	Password []byte
+}
+
+// Prompt is one question for the user in a keyboard-interactive round.
+type Prompt struct {
+	Text string
+	Echo bool
+}
+
+// Asker puts one keyboard-interactive round to the client and returns its
+// answers. It fails when the client authenticated with the password method
+// and so cannot be asked anything more.
+type Asker func(ctx context.Context, instruction string, prompts []Prompt) ([]string, error)
+
+// ErrDenied is returned by authenticators and credential sources for every
+// refusal. The user always sees the same message, whatever the cause.
+var ErrDenied = errors.New("access denied")
+
+// ErrUnavailable means a backing service (vault, RADIUS) did not answer.
+var ErrUnavailable = errors.New("service unavailable")
+
+// ErrNotInteractive is returned by an Asker when the client used the password
+// method, so no further prompt can be shown.
+var ErrNotInteractive = errors.New("client cannot answer prompts")
+
+// Authenticator proves a gateway user's identity: local users in dev mode,
+// RADIUS in production.
+type Authenticator interface {
+	Authenticate(ctx context.Context, login Login, ask Asker) (Identity, error)
+}
+
+// CredentialSource hands out target credentials. In `sallyport dev` it is the
+// engine's client for the vault over the in-process queue.
+type CredentialSource interface {
+	// Checkout returns the credential for secret if id may use it, or
+	// ErrDenied. The caller wipes it when done.
+	Checkout(ctx context.Context, id Identity, source netip.AddrPort, secret string) (*workitem.Credential, error)
+	// List returns the names of the secrets id may use, sorted.
+	List(ctx context.Context, id Identity, source netip.AddrPort) ([]string, error)
+	// PinHostKey records key (SSH wire format) as the target host key of
+	// secret on first use. It fails if another key is already pinned.
+	PinHostKey(ctx context.Context, id Identity, secret string, key []byte) error
+}
+
+// LocalUsers is the part of the vault's user store the local authenticator uses.
+type LocalUsers interface {
+	// VerifyPassword checks user's password. It returns ErrDenied for an
+	// unknown user or a wrong password, taking the same time for both.
+	VerifyPassword(ctx context.Context, user string, password []byte) (totp bool, groups []string, err error)
+	// VerifyTOTP checks a one-time code and consumes it: the same code,
+	// or any earlier one, is refused afterwards.
+	VerifyTOTP(ctx context.Context, user, code string) error
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need on a Debian machine, as root.
+# Idempotent: installs only what is missing. Package install scripts would start
+# services that grab well-known ports, so autostart is blocked first.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have sshd || [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
+have ssh || need_pkgs+=(openssh-client)
+have sftp || need_pkgs+=(openssh-client)
+have gcc || need_pkgs+=(gcc libc6-dev)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test/setup.sh: missing ${need_pkgs[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  # Block service autostart so installing a server does not bind its ports.
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "${need_pkgs[@]}"
+fi
+mkdir -p /run/sshd
+echo "test/setup.sh: dependencies present"
