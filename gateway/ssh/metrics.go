@@ -1,0 +1,64 @@
+package ssh
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the proxy's Prometheus series. A nil *Metrics records nothing.
+type Metrics struct {
+	sessions     prometheus.Gauge
+	loginsOK     prometheus.Counter
+	loginsFailed prometheus.Counter
+	bytesUp      prometheus.Counter // client → target
+	bytesDown    prometheus.Counter // target → client
+}
+
+// NewMetrics creates the proxy's series and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	logins := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sallyport_ssh_logins_total",
+		Help: "Gateway logins by result (ok or failed).",
+	}, []string{"result"})
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sallyport_ssh_bytes_relayed_total",
+		Help: "Bytes relayed between clients and targets, by direction (up: client to target).",
+	}, []string{"direction"})
+	m := &Metrics{
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sallyport_ssh_sessions_active",
+			Help: "Connections authenticated and put through to a target.",
+		}),
+		loginsOK:     logins.WithLabelValues("ok"),
+		loginsFailed: logins.WithLabelValues("failed"),
+		bytesUp:      bytes.WithLabelValues("up"),
+		bytesDown:    bytes.WithLabelValues("down"),
+	}
+	reg.MustRegister(m.sessions, logins, bytes)
+	return m
+}
+
+func (m *Metrics) login(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.loginsOK.Inc()
+	} else {
+		m.loginsFailed.Inc()
+	}
+}
+
+func (m *Metrics) active(delta float64) {
+	if m != nil {
+		m.sessions.Add(delta)
+	}
+}
+
+func (m *Metrics) relayed(up bool, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	if up {
+		m.bytesUp.Add(float64(n))
+	} else {
+		m.bytesDown.Add(float64(n))
+	}
+}

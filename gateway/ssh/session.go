@@ -1,0 +1,341 @@
+package ssh
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/audit"
+)
+
+var timeZero time.Time
+
+// serve runs one client connection: handshake and login, the target dial,
+// then the relay until either side goes away.
+func (c *conn) serve() {
+	defer c.srv.forget(c)
+	defer c.cancel()
+	defer c.nc.Close()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-c.srv.handshake
+		}
+	}
+	defer release()
+
+	_ = c.nc.SetDeadline(c.srv.cfg.Now().Add(c.srv.cfg.HandshakeTimeout))
+	sconn, chans, reqs, err := gossh.NewServerConn(c.nc, c.serverConfig())
+	if err != nil {
+		c.cred.Wipe()
+		c.log().Debug("handshake ended", "err", err)
+		return
+	}
+	defer sconn.Close()
+	release()
+	log := c.log().With("user", c.id.User, "secret", c.secret)
+
+	cred := c.cred
+	c.cred = nil
+	target, err := c.dialTarget(c.ctx, cred)
+	cred.Wipe()
+	if err != nil {
+		var ue *userError
+		msg := "could not connect to the target"
+		if errors.As(err, &ue) {
+			msg = ue.msg
+		}
+		log.Error("target connection failed", "err", err)
+		c.srv.cfg.Audit.Record(c.ctx, audit.Event{Kind: "session_start", Outcome: "error", User: c.id.User, Source: c.src.String(), Secret: c.secret,
+			Attrs: auditReason("target connection failed", err)})
+		c.refuse(chans, reqs, msg)
+		return
+	}
+	defer target.Close()
+
+	c.started = c.srv.cfg.Now()
+	c.touch()
+	c.established.Store(true)
+	c.srv.cfg.Metrics.active(1)
+	defer c.srv.cfg.Metrics.active(-1)
+	c.srv.cfg.Audit.Record(c.ctx, audit.Event{Kind: "session_start", Outcome: "ok", User: c.id.User, Source: c.src.String(), Secret: c.secret})
+	log.Info("session started")
+
+	// The target's end goes away: close the client's too, and vice versa.
+	go func() {
+		_ = target.Wait()
+		_ = sconn.Close()
+	}()
+	go func() {
+		_ = sconn.Wait()
+		_ = target.Close()
+	}()
+	go replyNone(reqs)
+
+	var wg sync.WaitGroup
+	var up, down atomic.Int64
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			_ = nch.Reject(gossh.Prohibited, "only sessions are allowed through this gateway")
+			log.Warn("channel refused", "type", nch.ChannelType())
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.relaySession(nch, target, &up, &down)
+		}()
+	}
+	wg.Wait()
+	dur := c.srv.cfg.Now().Sub(c.started)
+	cause := "closed"
+	if p := c.endCause.Load(); p != nil {
+		cause = *p
+	}
+	log.Info("session ended", "cause", cause, "bytes_up", up.Load(), "bytes_down", down.Load(), "duration", dur.Round(time.Millisecond).String())
+	c.srv.cfg.Audit.Record(context.WithoutCancel(c.ctx), audit.Event{Kind: "session_end", Outcome: "ok", User: c.id.User, Source: c.src.String(), Secret: c.secret,
+		Attrs: []slog.Attr{slog.Int64("bytes_up", up.Load()), slog.Int64("bytes_down", down.Load()), slog.String("duration", dur.Round(time.Millisecond).String()), slog.String("cause", cause)}})
+}
+
+// replyNone answers every global request from the client with failure. That
+// refuses tcpip-forward and is also the standard answer to OpenSSH's
+// keepalive@openssh.com, so client keepalives work.
+func replyNone(reqs <-chan *gossh.Request) {
+	for r := range reqs {
+		if r.WantReply {
+			_ = r.Reply(false, nil)
+		}
+	}
+}
+
+// refuse tells the user why their session cannot start: it serves the first
+// session channel just long enough to print msg on stderr and exit 1.
+func (c *conn) refuse(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, msg string) {
+	go replyNone(reqs)
+	_ = c.nc.SetDeadline(c.srv.cfg.Now().Add(30 * time.Second))
+	for nch := range chans {
+		if nch.ChannelType() != "session" {
+			_ = nch.Reject(gossh.Prohibited, msg)
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			return
+		}
+		for r := range creqs {
+			switch r.Type {
+			case "shell", "exec", "subsystem":
+				_ = r.Reply(true, nil)
+				_, _ = fmt.Fprintf(ch.Stderr(), "sallyport: %s.\r\n", msg)
+				_, _ = ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, 1))
+				_ = ch.CloseWrite()
+				_ = ch.Close()
+				return
+			default:
+				if r.WantReply {
+					_ = r.Reply(r.Type == "pty-req" || r.Type == "env", nil)
+				}
+			}
+		}
+		return
+	}
+}
+
+// allowedEnv is the allow-list of environment variables passed to targets.
+func allowedEnv(payload []byte) bool {
+	if len(payload) < 4 {
+		return false
+	}
+	n := binary.BigEndian.Uint32(payload)
+	if uint64(n) > uint64(len(payload)-4) {
+		return false
+	}
+	name := string(payload[4 : 4+n])
+	return name == "LANG" || strings.HasPrefix(name, "LC_")
+}
+
+// relaySession joins one client session channel to a new session channel on
+// the target and relays data and an allow-list of requests both ways.
+func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down *atomic.Int64) {
+	log := c.log().With("user", c.id.User, "secret", c.secret)
+	tch, treqs, err := target.OpenChannel("session", nil)
+	if err != nil {
+		var oce *gossh.OpenChannelError
+		if errors.As(err, &oce) {
+			_ = nch.Reject(oce.Reason, oce.Message)
+		} else {
+			_ = nch.Reject(gossh.ConnectionFailed, "target refused the session")
+		}
+		log.Warn("target refused session channel", "err", err)
+		return
+	}
+	cch, creqs, err := nch.Accept()
+	if err != nil {
+		_ = tch.Close()
+		return
+	}
+
+	var wg sync.WaitGroup
+	// Client → target requests.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for r := range creqs {
+			c.forwardClientRequest(r, tch, log)
+		}
+		// The client closed its channel: close ours to the target.
+		_ = tch.Close()
+	}()
+
+	// Target → client requests. Exit status and signal are held back until
+	// all output has reached the client, as the protocol expects.
+	var exitMu sync.Mutex
+	var exits []*gossh.Request
+	treqsDone := make(chan struct{})
+	go func() {
+		defer close(treqsDone)
+		for r := range treqs {
+			switch r.Type {
+			case "exit-status", "exit-signal":
+				exitMu.Lock()
+				exits = append(exits, r)
+				exitMu.Unlock()
+			case "eow@openssh.com":
+				_, _ = cch.SendRequest(r.Type, false, r.Payload)
+			default:
+				// keepalive@openssh.com and anything else: answered here.
+				if r.WantReply {
+					_ = r.Reply(false, nil)
+				}
+			}
+		}
+	}()
+
+	// Stdin: client → target, then EOF.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n, _ := c.pipe(tch, cch, true)
+		up.Add(n)
+		_ = tch.CloseWrite()
+	}()
+	// Stdout and stderr: target → client.
+	var out sync.WaitGroup
+	out.Add(2)
+	go func() {
+		defer out.Done()
+		n, _ := c.pipe(cch, tch, false)
+		down.Add(n)
+	}()
+	go func() {
+		defer out.Done()
+		n, _ := c.pipe(cch.Stderr(), tch.Stderr(), false)
+		down.Add(n)
+	}()
+	out.Wait()
+	_ = cch.CloseWrite()
+	// Wait for the target to close the channel (its requests end then), so
+	// every exit-status has been seen; a client that closes first ends it too.
+	select {
+	case <-treqsDone:
+	case <-c.ctx.Done():
+	}
+	exitMu.Lock()
+	for _, r := range exits {
+		_, _ = cch.SendRequest(r.Type, false, r.Payload)
+	}
+	exitMu.Unlock()
+	_ = cch.Close()
+	_ = tch.Close()
+	wg.Wait()
+}
+
+// forwardClientRequest passes one allowed session request to the target and
+// its answer back; everything else is refused here.
+func (c *conn) forwardClientRequest(r *gossh.Request, tch gossh.Channel, log *slog.Logger) {
+	allow := false
+	switch r.Type {
+	case "pty-req", "shell", "exec", "window-change", "signal", "break":
+		allow = true
+	case "env":
+		allow = allowedEnv(r.Payload)
+	case "subsystem":
+		allow = len(r.Payload) >= 4 && string(r.Payload[4:]) == "sftp"
+	case "x11-req", "auth-agent-req@openssh.com":
+		log.Warn("forwarding refused", "request", r.Type)
+	}
+	if !allow {
+		if r.WantReply {
+			_ = r.Reply(false, nil)
+		}
+		return
+	}
+	ok, err := tch.SendRequest(r.Type, r.WantReply, r.Payload)
+	if err != nil {
+		ok = false
+	}
+	if r.WantReply {
+		_ = r.Reply(ok, nil)
+	}
+}
+
+// Relay buffers: a small one while a direction is quiet (interactive use),
+// a large pooled one while it streams. An idle session holds only the small
+// buffers, which keeps memory per session low.
+const (
+	smallBuf = 1024
+	largeBuf = 32 * 1024
+)
+
+var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+
+// pipe copies src to dst until EOF or an error, counting bytes and marking
+// the connection active. up says which way the bytes go, for metrics.
+func (c *conn) pipe(dst io.Writer, src io.Reader, up bool) (int64, error) {
+	var total int64
+	var small [smallBuf]byte
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largePool.Put(large)
+		}
+	}()
+	for {
+		buf := small[:]
+		if large != nil {
+			buf = *large
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			c.touch()
+			c.srv.cfg.Metrics.relayed(up, n)
+			total += int64(n)
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+		switch {
+		case large == nil && n == smallBuf:
+			large = largePool.Get().(*[]byte)
+		case large != nil && n < largeBuf/8:
+			largePool.Put(large)
+			large = nil
+		}
+	}
+}

@@ -1,0 +1,153 @@
+package ssh
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/workitem"
+)
+
+// userError is a failure with a message fit for the user; the wrapped error
+// holds the detail for the log.
+type userError struct {
+	msg string
+	err error
+}
+
+func (e *userError) Error() string { return e.msg + ": " + e.err.Error() }
+func (e *userError) Unwrap() error { return e.err }
+
+var errHostKeyMismatch = errors.New("target host key does not match the pinned key")
+
+// dialTarget connects to the credential's target, verifies its host key
+// against the pin (or pins it on first use), and logs in with the injected
+// credential.
+func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*gossh.Client, error) {
+	cfg := &c.srv.cfg
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	addr := net.JoinHostPort(cred.Host, strconv.Itoa(cred.Port))
+
+	hostKeyAlgos, err := hostKeyAlgorithms(cred.HostKey)
+	if err != nil {
+		return nil, &userError{fmt.Sprintf("the pinned host key of target %s is unusable", c.secret), err}
+	}
+	var auth []gossh.AuthMethod
+	switch {
+	case len(cred.PrivateKey) > 0:
+		signer, err := gossh.ParsePrivateKey(cred.PrivateKey)
+		if err != nil {
+			return nil, &userError{fmt.Sprintf("the stored key for target %s is unusable", c.secret), errors.New("parse private key failed")}
+		}
+		auth = append(auth, gossh.PublicKeys(signer))
+	case len(cred.Password) > 0:
+		pw := cred.Password
+		auth = append(auth,
+			gossh.PasswordCallback(func() (string, error) { return string(pw), nil }),
+			gossh.KeyboardInteractive(func(_, _ string, qs []string, echo []bool) ([]string, error) {
+				// Answer a lone hidden prompt (PAM's "Password:") and nothing else.
+				if len(qs) == 0 {
+					return nil, nil
+				}
+				if len(qs) != 1 || echo[0] {
+					return nil, errors.New("unexpected keyboard-interactive prompt from target")
+				}
+				return []string{string(pw)}, nil
+			}))
+	default:
+		return nil, &userError{fmt.Sprintf("no credential stored for target %s", c.secret), errors.New("empty credential")}
+	}
+
+	d := net.Dialer{}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &userError{fmt.Sprintf("target %s is unreachable", c.secret), err}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
+	defer stop()
+
+	ccfg := &gossh.ClientConfig{
+		Config: gossh.Config{
+			Ciphers:      []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305},
+			KeyExchanges: modernKex,
+			MACs:         []string{gossh.HMACSHA256ETM, gossh.HMACSHA512ETM},
+		},
+		User:              cred.Username,
+		Auth:              auth,
+		HostKeyAlgorithms: hostKeyAlgos,
+		HostKeyCallback:   c.checkHostKey(ctx, cred),
+		ClientVersion:     "SSH-2.0-Sallyport",
+	}
+	sc, chans, reqs, err := gossh.NewClientConn(nc, addr, ccfg)
+	if err != nil {
+		_ = nc.Close()
+		if errors.Is(err, errHostKeyMismatch) {
+			return nil, &userError{fmt.Sprintf("the host key of target %s does not match the pinned key; refusing to connect. An administrator must check the target and its pinned key", c.secret), err}
+		}
+		if ctx.Err() != nil {
+			return nil, &userError{fmt.Sprintf("target %s did not answer in time", c.secret), err}
+		}
+		return nil, &userError{fmt.Sprintf("could not log in to target %s", c.secret), err}
+	}
+	_ = nc.SetDeadline(timeZero)
+	return gossh.NewClient(sc, chans, reqs), nil
+}
+
+// hostKeyAlgorithms restricts the target to the algorithms of the pinned key,
+// so a target with several host keys shows the one we pinned. No pin (first
+// use): any modern algorithm.
+func hostKeyAlgorithms(pinned []byte) ([]string, error) {
+	if len(pinned) == 0 {
+		return []string{
+			gossh.KeyAlgoED25519, gossh.KeyAlgoECDSA256, gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521,
+			gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256,
+		}, nil
+	}
+	pub, err := gossh.ParsePublicKey(pinned)
+	if err != nil {
+		return nil, fmt.Errorf("parse pinned host key: %w", err)
+	}
+	if pub.Type() == gossh.KeyAlgoRSA {
+		return []string{gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256}, nil
+	}
+	return []string{pub.Type()}, nil
+}
+
+// checkHostKey verifies the target's host key before any credential is sent.
+func (c *conn) checkHostKey(ctx context.Context, cred *workitem.Credential) gossh.HostKeyCallback {
+	return func(_ string, _ net.Addr, key gossh.PublicKey) error {
+		got := key.Marshal()
+		log := c.log().With("user", c.id.User, "secret", c.secret, "host_key", gossh.FingerprintSHA256(key))
+		if len(cred.HostKey) > 0 {
+			if subtle.ConstantTimeCompare(got, cred.HostKey) == 1 {
+				return nil
+			}
+			want := "unparseable"
+			if pk, err := gossh.ParsePublicKey(cred.HostKey); err == nil {
+				want = gossh.FingerprintSHA256(pk)
+			}
+			log.Error("target host key mismatch: refusing to connect", "pinned_key", want)
+			c.srv.cfg.Audit.Record(ctx, audit.Event{Kind: "hostkey_mismatch", Outcome: "denied", User: c.id.User, Source: c.src.String(), Secret: c.secret})
+			return errHostKeyMismatch
+		}
+		if !cred.PinOnFirstUse {
+			return fmt.Errorf("%w: no key pinned", errHostKeyMismatch)
+		}
+		if err := c.srv.cfg.Credentials.PinHostKey(ctx, c.id, c.secret, got); err != nil {
+			log.Error("pinning target host key on first use failed", "err", err)
+			return fmt.Errorf("%w: %v", errHostKeyMismatch, err)
+		}
+		log.Warn("target host key pinned on first use")
+		return nil
+	}
+}
