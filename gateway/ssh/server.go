@@ -239,7 +239,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = l.Close()
 	}
 	for c := range s.conns {
-		if !c.established.Load() {
+		if !c.authenticated.Load() {
 			_ = c.nc.Close()
 		}
 	}
@@ -349,9 +349,10 @@ type conn struct {
 	cancel  context.CancelFunc
 	started time.Time
 
-	established atomic.Bool  // authenticated and put through
-	lastActive  atomic.Int64 // unix nanoseconds of the last relayed byte
-	endCause    atomic.Pointer[string]
+	authenticated atomic.Bool  // past the SSH handshake and login
+	established   atomic.Bool  // and put through to the target
+	lastActive    atomic.Int64 // unix nanoseconds of the last relayed byte
+	endCause      atomic.Pointer[string]
 
 	// Set by a successful authentication, read after the handshake.
 	login  string

@@ -42,6 +42,7 @@ func (c *conn) serve() {
 		return
 	}
 	defer sconn.Close()
+	c.authenticated.Store(true)
 	release()
 	log := c.log().With("user", c.id.User, "secret", c.secret)
 
@@ -63,7 +64,6 @@ func (c *conn) serve() {
 	}
 	defer target.Close()
 
-	c.started = c.srv.cfg.Now()
 	c.touch()
 	c.established.Store(true)
 	c.srv.cfg.Metrics.active(1)
@@ -186,12 +186,16 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down
 	}
 
 	var wg sync.WaitGroup
-	// Client → target requests.
+	// Client → target requests. reqMu is held while one is in flight, so the
+	// channel is not closed before the client has its answer.
+	var reqMu sync.Mutex
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for r := range creqs {
+			reqMu.Lock()
 			c.forwardClientRequest(r, tch, log)
+			reqMu.Unlock()
 		}
 		// The client closed its channel: close ours to the target.
 		_ = tch.Close()
@@ -250,12 +254,14 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down
 	case <-treqsDone:
 	case <-c.ctx.Done():
 	}
+	reqMu.Lock()
 	exitMu.Lock()
 	for _, r := range exits {
 		_, _ = cch.SendRequest(r.Type, false, r.Payload)
 	}
 	exitMu.Unlock()
 	_ = cch.Close()
+	reqMu.Unlock()
 	_ = tch.Close()
 	wg.Wait()
 }

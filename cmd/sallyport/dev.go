@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/engine"
+	gw "github.com/sallyport/sallyport/gateway/ssh"
+	"github.com/sallyport/sallyport/hsm"
+	"github.com/sallyport/sallyport/vault"
+)
+
+const (
+	devSite         = "dev"
+	devRequestQueue = "vault.requests"
+)
+
+func devMain(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sallyport dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./.sallyport", "data directory (keystore, database, admin token)")
+	sshAddr := fs.String("ssh-addr", "127.0.0.1:2222", "SSH proxy listen address")
+	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "admin API (HTTPS) listen address")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	idle := fs.Duration("idle-timeout", gw.DefaultIdleTimeout, "close SSH sessions idle this long")
+	maxSession := fs.Duration("max-session", gw.DefaultMaxSessionTime, "close SSH sessions after this long")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "sallyport dev: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "sallyport dev: bad --log-level %q\n", *logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runDev(ctx, devOptions{data: *data, sshAddr: *sshAddr, apiAddr: *apiAddr, idle: *idle, maxSession: *maxSession}, log, stderr); err != nil {
+		fmt.Fprintf(stderr, "sallyport dev: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+type devOptions struct {
+	data, sshAddr, apiAddr string
+	idle, maxSession       time.Duration
+}
+
+func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Writer) error {
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(o.data, 0o700); err != nil { // #nosec G302 -- a directory needs x
+		return err
+	}
+	sink := audit.Log{L: log}
+
+	keys, err := hsm.OpenSoft(filepath.Join(o.data, "keystore.json"))
+	if err != nil {
+		return err
+	}
+	defer keys.Close()
+	log.Warn("using the soft keystore: keys are in a file, which is for development only; use a PKCS#11 token in production",
+		"path", filepath.Join(o.data, "keystore.json"))
+	if err := keys.EnsureSigner(ctx, hsm.LabelSSHHostKey); err != nil {
+		return err
+	}
+	hostSigner, err := keys.Signer(ctx, hsm.LabelSSHHostKey)
+	if err != nil {
+		return err
+	}
+	hostKey, err := gossh.NewSignerFromSigner(hostSigner)
+	if err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(o.data, "ssh_host_key.pub"), gossh.MarshalAuthorizedKey(hostKey.PublicKey()), 0o600); err != nil {
+		return err
+	}
+
+	v, err := vault.Open(ctx, filepath.Join(o.data, "vault.db"), keys, log, sink)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	tokenSHA, err := vault.EnsureToken(filepath.Join(o.data, "admin.token"))
+	if err != nil {
+		return err
+	}
+	cert, err := vault.EnsureTLSCert(filepath.Join(o.data, "api.crt"), filepath.Join(o.data, "api.key"), nil)
+	if err != nil {
+		return err
+	}
+	siteKey, err := v.SiteKey(ctx, devSite)
+	if err != nil {
+		return err
+	}
+	defer clear(siteKey)
+
+	// The vault and the engine talk only through the queue, as they would
+	// across sites.
+	queue := connector.NewMemory(1024)
+	defer queue.Close()
+	creds := engine.NewCredentials(queue, devSite, siteKey, devRequestQueue, log)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gateway, err := gw.NewServer(gw.Config{
+		HostSigners:    []gossh.Signer{hostKey},
+		Auth:           gw.LocalAuth{Users: v},
+		Credentials:    creds,
+		Log:            log,
+		Audit:          sink,
+		Metrics:        gw.NewMetrics(reg),
+		IdleTimeout:    o.idle,
+		MaxSessionTime: o.maxSession,
+	})
+	if err != nil {
+		return err
+	}
+
+	sshLn, err := net.Listen("tcp", o.sshAddr)
+	if err != nil {
+		return fmt.Errorf("ssh listener: %w", err)
+	}
+	apiLn, err := net.Listen("tcp", o.apiAddr)
+	if err != nil {
+		_ = sshLn.Close()
+		return fmt.Errorf("api listener: %w", err)
+	}
+	apiURL := "https://" + apiLn.Addr().String()
+	if err := os.WriteFile(filepath.Join(o.data, "api.addr"), []byte(apiURL+"\n"), 0o600); err != nil {
+		_ = sshLn.Close()
+		_ = apiLn.Close()
+		return err
+	}
+	api := &http.Server{
+		Handler:           vault.NewAPI(v, tokenSHA, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), log),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	start := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && runCtx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	start("credential broker", func() error { return v.ServeCredentials(runCtx, queue, devRequestQueue) })
+	start("credential client", func() error { return creds.Run(runCtx) })
+	start("ssh gateway", func() error {
+		if err := gateway.Serve(sshLn); !errors.Is(err, gw.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	start("admin api", func() error {
+		if err := api.ServeTLS(apiLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+
+	fmt.Fprintf(stderr, "sallyport dev: ready ssh=%s api=%s data=%s\n", sshLn.Addr(), apiURL, o.data)
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining SSH sessions")
+	case runErr = <-errc:
+		log.Error("shutting down after a failure", "err", runErr)
+	}
+	shutCtx, shutCancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer shutCancel()
+	if err := gateway.Shutdown(shutCtx); err != nil {
+		log.Warn("sessions still open at the deadline were closed", "err", err)
+	}
+	_ = api.Shutdown(shutCtx)
+	cancel()
+	wg.Wait()
+	return runErr
+}

@@ -1,0 +1,55 @@
+// Command sallyport is the single binary of the Sallyport privileged-access
+// gateway. Subcommands:
+//
+//	sallyport dev   vault, engine, SSH proxy and admin API in one process
+//	sallyport ctl   the admin CLI over the vault's API
+//
+// This package only wires packages together; the logic lives in them.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "dev":
+		return devMain(args[1:], stderr)
+	case "ctl":
+		return ctlMain(args[1:], stdin, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "sallyport", version)
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sallyport: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: sallyport <command> [flags]
+
+commands:
+  dev      run vault, engine, SSH proxy and admin API in one process (embedded defaults)
+  ctl      administer users and secrets through the vault API
+  version  print the version
+
+Run 'sallyport <command> -h' for a command's flags.
+`)
+}
