@@ -1,0 +1,62 @@
+# Sallyport — make targets. `make help` lists them.
+
+GO       ?= go
+BIN      := bin/sallyport
+TOOLS    := $(CURDIR)/bin/tools
+FUZZTIME ?= 10s
+
+STATICCHECK_VERSION := v0.8.2
+GOSEC_VERSION       := v2.30.0
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## install what building and testing need (Debian packages; run as root) and fetch Go modules
+	bash test/setup.sh
+	$(GO) mod download
+
+.PHONY: build
+build: ## build bin/sallyport
+	$(GO) build -trimpath -o $(BIN) ./cmd/sallyport
+
+.PHONY: run
+run: build ## build and start `sallyport dev` (SSH on 127.0.0.1:2222, API on https://127.0.0.1:8443, data in ./.sallyport)
+	./$(BIN) dev
+
+.PHONY: test
+test: ## install test dependencies, then run every test (unit and end-to-end) with the race detector
+	bash test/setup.sh
+	$(GO) test -race -count=1 -timeout 45m ./...
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+.PHONY: lint
+lint: $(TOOLS)/staticcheck $(TOOLS)/gosec ## go vet, staticcheck and gosec (pinned versions)
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+	$(TOOLS)/gosec -quiet -exclude-generated ./...
+
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+$(TOOLS)/gosec:
+	GOBIN=$(TOOLS) $(GO) install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)
+
+.PHONY: bench
+bench: ## benchmarks against the real alternatives (see BENCHMARKS.md)
+	bash test/setup.sh
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf bin

@@ -1,0 +1,504 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/sallyport/sallyport/vault"
+)
+
+const ctlUsage = `usage: sallyport ctl [--data DIR] [--vault URL --token-file F --ca-file F] <command>
+
+connection (defaults come from the data directory that 'sallyport dev' writes):
+  --data DIR          data directory (default ./.sallyport): DIR/api.addr, DIR/admin.token, DIR/api.crt
+  --vault URL         admin API address, e.g. https://127.0.0.1:8443 (default: DIR/api.addr)
+  --token-file F      admin token file, mode 0600 (default: DIR/admin.token)
+  --ca-file F         PEM certificate(s) to trust for the API (default: DIR/api.crt)
+
+commands:
+  user add NAME --password-stdin [--totp] [--groups g1,g2]
+  user list
+  user rm NAME
+  secret add NAME --host H [--port 22] --username U (--password-stdin | --private-key-file F)
+                  (--host-key 'ssh-ed25519 AAAA...' | --pin-on-first-use) --allow alice[,bob,group:ops]
+  secret list
+  secret show NAME
+  secret rm NAME
+
+Secrets are never taken from the command line: --password-stdin reads the
+first line of standard input. 'secret show' never prints the credential.
+`
+
+// Input bounds for ctl.
+const (
+	ctlMaxPasswordLine = 4096     // bytes on the first line of stdin
+	ctlMaxKeyFile      = 64 << 10 // private key file
+	ctlMaxCAFile       = 1 << 20  // CA PEM file
+	ctlMaxAddrFile     = 4096     // api.addr
+	ctlTimeout         = 2 * time.Minute
+)
+
+// usageError is a command-line mistake: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// ctlMain runs `sallyport ctl`; args are the arguments after "ctl". It
+// returns the exit status: 0 ok, 1 error, 2 usage error.
+func ctlMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := runCtl(args, stdin, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, ctlUsage)
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "sallyport ctl: %s\n\n%s", ue.msg, ctlUsage)
+		return 2
+	}
+	fmt.Fprintf(stderr, "sallyport ctl: %s\n", err)
+	return 1
+}
+
+// ctlEnv is what every command needs.
+type ctlEnv struct {
+	dataDir, vaultURL, tokenFile, caFile string
+	stdin                                io.Reader
+	stdout, stderr                       io.Writer
+}
+
+// client builds the API client from the connection flags and data directory.
+func (e *ctlEnv) client() (*vault.Client, error) {
+	addr := e.vaultURL
+	if addr == "" {
+		raw, err := readBounded(filepath.Join(e.dataDir, "api.addr"), ctlMaxAddrFile)
+		if err != nil {
+			return nil, fmt.Errorf("API address: %w (is 'sallyport dev' running? or pass --vault)", err)
+		}
+		addr, _, _ = strings.Cut(strings.TrimSpace(string(raw)), "\n")
+	}
+	tokenFile := e.tokenFile
+	if tokenFile == "" {
+		tokenFile = filepath.Join(e.dataDir, "admin.token")
+	}
+	caFile := e.caFile
+	if caFile == "" {
+		caFile = filepath.Join(e.dataDir, "api.crt")
+	}
+	token, err := vault.ReadToken(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(token)
+	ca, err := readBounded(caFile, ctlMaxCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	return vault.NewClient(strings.TrimSpace(addr), string(token), ca)
+}
+
+func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sallyport ctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	env := &ctlEnv{stdin: stdin, stdout: stdout, stderr: stderr}
+	fs.StringVar(&env.dataDir, "data", "./.sallyport", "data directory")
+	fs.StringVar(&env.vaultURL, "vault", "", "admin API address")
+	fs.StringVar(&env.tokenFile, "token-file", "", "admin token file")
+	fs.StringVar(&env.caFile, "ca-file", "", "CA certificate file")
+	if err := fs.Parse(args); err != nil {
+		return flagError(err)
+	}
+	rest := fs.Args()
+	if len(rest) < 2 {
+		if len(rest) == 1 && (rest[0] == "help" || rest[0] == "-h") {
+			return flag.ErrHelp
+		}
+		return usagef("missing command")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	noun, verb, rest := rest[0], rest[1], rest[2:]
+	switch noun + " " + verb {
+	case "user add":
+		return ctlUserAdd(ctx, env, rest)
+	case "user list":
+		return ctlUserList(ctx, env, rest)
+	case "user rm":
+		return ctlUserRemove(ctx, env, rest)
+	case "secret add":
+		return ctlSecretAdd(ctx, env, rest)
+	case "secret list":
+		return ctlSecretList(ctx, env, rest)
+	case "secret show":
+		return ctlSecretShow(ctx, env, rest)
+	case "secret rm":
+		return ctlSecretRemove(ctx, env, rest)
+	}
+	return usagef("unknown command %q", noun+" "+verb)
+}
+
+// flagError turns a flag-package error into a usage error (or ErrHelp).
+func flagError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usageError{err.Error()}
+}
+
+// parseNamed parses a subcommand's flags around one positional NAME, which
+// may come first ("secret add web01 --host h") or after the flags.
+func parseNamed(fs *flag.FlagSet, args []string) (string, error) {
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", flagError(err)
+	}
+	rest := fs.Args()
+	if name == "" && len(rest) > 0 {
+		name, rest = rest[0], rest[1:]
+	}
+	switch {
+	case len(rest) > 0:
+		return "", usagef("%s: unexpected argument %q", fs.Name(), rest[0])
+	case name == "":
+		return "", usagef("%s: missing NAME", fs.Name())
+	}
+	return name, nil
+}
+
+// parseNone parses a subcommand that takes no positional argument.
+func parseNone(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// readPasswordLine reads the first line of r (without its line ending).
+// It reads one byte at a time, so nothing past the line is consumed and no
+// buffer it does not wipe ever holds the password; it never reads more than
+// ctlMaxPasswordLine bytes.
+func readPasswordLine(r io.Reader) ([]byte, error) {
+	buf := make([]byte, 0, ctlMaxPasswordLine)
+	var one [1]byte
+	for {
+		n, err := r.Read(one[:])
+		if n == 1 {
+			if one[0] == '\n' {
+				break
+			}
+			if len(buf) == ctlMaxPasswordLine {
+				clear(buf)
+				return nil, fmt.Errorf("password on stdin is longer than %d bytes", ctlMaxPasswordLine)
+			}
+			buf = append(buf, one[0])
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			clear(buf)
+			return nil, fmt.Errorf("read password from stdin: %w", err)
+		}
+	}
+	one[0] = 0
+	if n := len(buf); n > 0 && buf[n-1] == '\r' {
+		buf[n-1] = 0
+		buf = buf[:n-1]
+	}
+	if len(buf) == 0 {
+		return nil, errors.New("no password on the first line of stdin")
+	}
+	return buf, nil
+}
+
+// readBounded reads a whole file of at most max bytes.
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path) // #nosec G304 -- operator-chosen file
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		clear(raw)
+		return nil, err
+	}
+	if int64(len(raw)) > max {
+		clear(raw)
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, max)
+	}
+	return raw, nil
+}
+
+// printable replaces control characters in server-supplied text, so a
+// hostile name cannot send escape sequences to the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+func ctlUserAdd(ctx context.Context, env *ctlEnv, args []string) error {
+	fs := newFlagSet("user add")
+	pwStdin := fs.Bool("password-stdin", false, "read the password from the first line of stdin")
+	totp := fs.Bool("totp", false, "require a TOTP code too; prints the otpauth:// URI")
+	groups := fs.String("groups", "", "comma-separated groups")
+	name, err := parseNamed(fs, args)
+	if err != nil {
+		return err
+	}
+	if !*pwStdin {
+		return usagef("user add: --password-stdin is required (passwords are never taken from the command line)")
+	}
+	password, err := readPasswordLine(env.stdin)
+	if err != nil {
+		return err
+	}
+	spec := vault.UserSpec{Name: name, Password: password, TOTP: *totp, Groups: splitList(*groups)}
+	defer spec.Wipe()
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	uri, err := c.AddUser(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("user add %s: %w", name, err)
+	}
+	if *totp {
+		fmt.Fprintln(env.stdout, uri)
+		fmt.Fprintln(env.stderr, "Add this otpauth:// URI to the user's authenticator app (e.g. as a QR code); it is shown only once.")
+	}
+	return nil
+}
+
+func ctlUserList(ctx context.Context, env *ctlEnv, args []string) error {
+	if err := parseNone(newFlagSet("user list"), args); err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	users, err := c.ListUsers(ctx)
+	if err != nil {
+		return fmt.Errorf("user list: %w", err)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTOTP\tGROUPS\tCREATED")
+	for _, u := range users {
+		groups := strings.Join(u.Groups, ",")
+		if groups == "" {
+			groups = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(u.Name), yesNo(u.TOTP), printable(groups), u.Created.Local().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func ctlUserRemove(ctx context.Context, env *ctlEnv, args []string) error {
+	name, err := parseNamed(newFlagSet("user rm"), args)
+	if err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RemoveUser(ctx, name); err != nil {
+		return fmt.Errorf("user rm %s: %w", name, err)
+	}
+	return nil
+}
+
+func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
+	fs := newFlagSet("secret add")
+	host := fs.String("host", "", "target host name or IP address")
+	port := fs.Int("port", 22, "target SSH port")
+	username := fs.String("username", "", "account on the target")
+	pwStdin := fs.Bool("password-stdin", false, "read the target password from the first line of stdin")
+	keyFile := fs.String("private-key-file", "", "file holding the target account's private key (not passphrase-protected)")
+	hostKey := fs.String("host-key", "", "the target's host key, 'ssh-ed25519 AAAA...'")
+	pin := fs.Bool("pin-on-first-use", false, "trust and record the first host key the gateway sees")
+	allow := fs.String("allow", "", "comma-separated users and group:NAME entries who may use the secret")
+	name, err := parseNamed(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *host == "":
+		return usagef("secret add: --host is required")
+	case *username == "":
+		return usagef("secret add: --username is required")
+	case *pwStdin == (*keyFile != ""):
+		return usagef("secret add: give exactly one of --password-stdin and --private-key-file")
+	case (*hostKey != "") == *pin:
+		return usagef("secret add: give exactly one of --host-key and --pin-on-first-use")
+	case len(splitList(*allow)) == 0:
+		return usagef("secret add: --allow is required")
+	case *port < 1 || *port > 65535:
+		return usagef("secret add: --port must be 1..65535")
+	}
+	spec := vault.SecretSpec{
+		Name: name, Host: *host, Port: *port, Username: *username,
+		HostKey: strings.TrimSpace(*hostKey), PinOnFirstUse: *pin, Allow: splitList(*allow),
+	}
+	defer spec.Wipe()
+	if *pwStdin {
+		if spec.Password, err = readPasswordLine(env.stdin); err != nil {
+			return err
+		}
+	} else if spec.PrivateKey, err = readBounded(*keyFile, ctlMaxKeyFile); err != nil {
+		return fmt.Errorf("private key file: %w", err)
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.AddSecret(ctx, spec); err != nil {
+		return fmt.Errorf("secret add %s: %w", name, err)
+	}
+	return nil
+}
+
+func ctlSecretList(ctx context.Context, env *ctlEnv, args []string) error {
+	if err := parseNone(newFlagSet("secret list"), args); err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	list, err := c.ListSecrets(ctx)
+	if err != nil {
+		return fmt.Errorf("secret list: %w", err)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTARGET\tKIND\tHOST KEY\tALLOW")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(target(s)), printable(s.Kind),
+			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")))
+	}
+	return tw.Flush()
+}
+
+func target(s vault.SecretInfo) string {
+	return s.Username + "@" + s.Host + ":" + strconv.Itoa(s.Port)
+}
+
+func hostKeySummary(s vault.SecretInfo) string {
+	switch {
+	case s.HostKeyFingerprint != "" && s.PinOnFirstUse:
+		return s.HostKeyFingerprint + " (pinned on first use)"
+	case s.HostKeyFingerprint != "":
+		return s.HostKeyFingerprint
+	case s.PinOnFirstUse:
+		return "(pin on first use, not yet seen)"
+	}
+	return "-"
+}
+
+func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
+	name, err := parseNamed(newFlagSet("secret show"), args)
+	if err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := c.ShowSecret(ctx, name)
+	if err != nil {
+		return fmt.Errorf("secret show %s: %w", name, err)
+	}
+	hostKey := s.HostKey
+	if hostKey == "" {
+		hostKey = "-"
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"name", s.Name},
+		{"host", s.Host},
+		{"port", strconv.Itoa(s.Port)},
+		{"username", s.Username},
+		{"kind", s.Kind},
+		{"host key", hostKey},
+		{"fingerprint", hostKeySummary(s)},
+		{"pin on first use", yesNo(s.PinOnFirstUse)},
+		{"allow", strings.Join(s.Allow, ",")},
+		{"created", s.Created.Local().Format(time.RFC3339)},
+		{"updated", s.Updated.Local().Format(time.RFC3339)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", row[0], printable(row[1]))
+	}
+	return tw.Flush()
+}
+
+func ctlSecretRemove(ctx context.Context, env *ctlEnv, args []string) error {
+	name, err := parseNamed(newFlagSet("secret rm"), args)
+	if err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RemoveSecret(ctx, name); err != nil {
+		return fmt.Errorf("secret rm %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,27 @@
+// Package e2e holds Sallyport's end-to-end tests.
+//
+// Nothing is mocked at the boundary. TestMain builds the real sallyport binary
+// with -race once; the tests then start real components as child processes on
+// free loopback ports and stop them afterwards: OpenSSH sshd as the target
+// server (with a throwaway Unix account), `sallyport dev` as the gateway, and
+// the OpenSSH ssh, scp and sftp clients as users. A missing component is a
+// failure, never a skip.
+//
+// The harness lives in the _test.go files beside the tests:
+//
+//   - sshd_test.go: sshdTarget, a throwaway account and an sshd serving it;
+//   - gateway_test.go: gateway, a running `sallyport dev` with its log,
+//     admin CLI (Ctl) and clients (SSH, SCP, SFTP);
+//   - client_test.go: running OpenSSH clients without a tty, answering
+//     prompts through an SSH_ASKPASS script that reads 0600 files;
+//   - totp_test.go: an RFC 6238 generator independent of the product's;
+//   - leak_test.go: the end-of-suite scan that fails if an injected
+//     credential shows up anywhere outside the vault.
+//
+// Set SPT_E2E_KEEP=1 to keep the temporary directory (logs, data dir).
+//
+// Run with `make test` (which runs test/setup.sh first) or, with the
+// dependencies installed and as root (the target needs a Unix account):
+//
+//	go test -race -count=1 ./test/...
+package e2e

@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// env is the suite's shared state: one binary, one sshd, one gateway.
+var env *suite
+
+func TestMain(m *testing.M) { os.Exit(runMain(m)) }
+
+func runMain(m *testing.M) int {
+	s, err := newSuite()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: e2e setup: %v\n", err)
+		return 1
+	}
+	env = s
+	code := m.Run()
+	if problems := s.finish(); len(problems) > 0 {
+		fmt.Fprintf(os.Stderr, "\nFAIL: e2e end-of-suite checks found %d problem(s):\n", len(problems))
+		for _, p := range problems {
+			fmt.Fprintf(os.Stderr, "  - %s\n", p)
+		}
+		code = 1
+	}
+	return code
+}
+
+// suite owns everything the tests share. Components start lazily, once, the
+// first time a test asks for them, so a test that needs only sshd still runs
+// while the product does not build.
+type suite struct {
+	dir string // removed at the end
+
+	bin      string // sallyport built with -race
+	buildErr error
+
+	targetOnce sync.Once
+	target     *sshdTarget
+	targetErr  error
+
+	gwOnce sync.Once
+	gw     *gateway
+	gwErr  error
+
+	askpassOnce sync.Once
+	askpassFile string
+}
+
+func newSuite() (*suite, error) {
+	dir, err := os.MkdirTemp("", "sallyport-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	s := &suite{dir: dir, bin: filepath.Join(dir, "sallyport")}
+	s.buildErr = buildBinary(s.bin)
+	if s.buildErr != nil {
+		// The gateway tests report this; the harness self-tests still run.
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", s.buildErr)
+	}
+	return s, nil
+}
+
+// buildBinary builds ./cmd/sallyport with the race detector from the module
+// root, found by walking up from the test's directory.
+func buildBinary(out string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return fmt.Errorf("build sallyport: go tool not in PATH: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-race", "-o", out, "./cmd/sallyport")
+	cmd.Dir = root
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build sallyport (go build -race ./cmd/sallyport in %s): %w\n%s", root, err, buf.String())
+	}
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// Target returns the shared sshd target, starting it on first use.
+func (s *suite) Target(t *testing.T) *sshdTarget {
+	t.Helper()
+	s.targetOnce.Do(func() {
+		s.target, s.targetErr = startTarget(filepath.Join(s.dir, "sshd"))
+	})
+	if s.targetErr != nil {
+		t.Fatalf("sshd target: %v", s.targetErr)
+	}
+	return s.target
+}
+
+// Gateway returns the shared running `sallyport dev` (with gateway user
+// alice), starting it and the target on first use. It fails the test when
+// the binary did not build or the gateway has died.
+func (s *suite) Gateway(t *testing.T) *gateway {
+	t.Helper()
+	if s.buildErr != nil {
+		t.Fatalf("sallyport binary is missing: %v", s.buildErr)
+	}
+	target := s.Target(t)
+	s.gwOnce.Do(func() {
+		s.gw, s.gwErr = startGateway(s.bin, filepath.Join(s.dir, "gateway"), target)
+		if s.gwErr == nil {
+			s.gwErr = s.gw.addAlice()
+		}
+	})
+	if s.gwErr != nil {
+		t.Fatalf("sallyport gateway: %v", s.gwErr)
+	}
+	if err := s.gw.exited(); err != nil {
+		t.Fatalf("sallyport gateway is no longer running (%v); log tail:\n%s", err, s.gw.LogTail(40))
+	}
+	return s.gw
+}
+
+// finish runs the end-of-suite checks and stops everything. It returns the
+// problems found; an empty list means the suite's shared parts were clean.
+func (s *suite) finish() []string {
+	var problems []string
+	if s.gw != nil {
+		problems = append(problems, s.gw.finalChecks(s.target)...)
+	}
+	if s.target != nil {
+		if err := s.target.Close(); err != nil {
+			problems = append(problems, fmt.Sprintf("stopping sshd target: %v", err))
+		}
+	}
+	if len(problems) == 0 && os.Getenv("SPT_E2E_KEEP") == "" {
+		os.RemoveAll(s.dir)
+	} else {
+		fmt.Fprintf(os.Stderr, "e2e: kept %s for inspection\n", s.dir)
+	}
+	return problems
+}
+
+// lastLines returns the last n lines of b.
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,357 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// sshdTarget is an OpenSSH sshd on a loopback port that lets exactly one
+// throwaway Unix account in, by password or by an ed25519 key.
+type sshdTarget struct {
+	Port     int
+	User     string // throwaway account, removed by Close
+	Password string // the account's password: what the gateway injects
+	Home     string
+
+	HostKeyPub         string // "ssh-ed25519 AAAA..." without comment
+	HostKeyFingerprint string // "SHA256:..." as ssh-keygen -l prints it
+	KnownHosts         string // known_hosts file for a direct connection
+
+	ClientKeyFile string // private key in authorized_keys of User
+	ClientKeyPEM  []byte // its contents
+
+	dir  string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startTarget creates the account and starts sshd for it, all under dir.
+// On error it undoes what it did.
+func startTarget(dir string) (_ *sshdTarget, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	sshd, err := sshdPath()
+	if err != nil {
+		return nil, err
+	}
+	for _, tool := range []string{"ssh-keygen", "useradd", "userdel", "chpasswd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s not found (run test/setup.sh as root): %w", tool, err)
+		}
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return nil, fmt.Errorf("privilege separation dir: %w", err)
+	}
+	s := &sshdTarget{
+		User:     "spt" + randString(lowerAlnum, 9),
+		Password: "Tgt-" + randString(alnum, 24) + "-9x",
+		dir:      dir,
+		log:      filepath.Join(dir, "sshd.log"),
+	}
+	if _, err := runTool(nil, "useradd", "-m", "-s", "/bin/bash", s.User); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	// The password goes through stdin, never argv.
+	if _, err := runTool([]byte(s.User+":"+s.Password+"\n"), "chpasswd"); err != nil {
+		return nil, err
+	}
+	if err := s.installClientKey(); err != nil {
+		return nil, err
+	}
+	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
+	if s.HostKeyPub, s.HostKeyFingerprint, err = newKeyPair(hostKey, "sallyport-e2e-target"); err != nil {
+		return nil, err
+	}
+	if s.Port, err = freePort(); err != nil {
+		return nil, err
+	}
+	s.KnownHosts = filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(s.KnownHosts, []byte(knownHostsLine(s.Port, s.HostKeyPub)), 0o600); err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(cfg, []byte(s.config(hostKey)), 0o600); err != nil {
+		return nil, err
+	}
+	if _, err := runTool(nil, sshd, "-t", "-f", cfg); err != nil {
+		return nil, fmt.Errorf("sshd rejects its config: %w", err)
+	}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	s.cmd = exec.Command(sshd, "-D", "-e", "-f", cfg)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sshd: %w", err)
+	}
+	s.done = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.done) }()
+	if err := waitPort(s.Port, 15*time.Second, s.done); err != nil {
+		return nil, fmt.Errorf("sshd on port %d: %w; log:\n%s", s.Port, err, s.LogTail(20))
+	}
+	return s, nil
+}
+
+func (s *sshdTarget) config(hostKey string) string {
+	return fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s
+PidFile %s
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+UsePAM yes
+PermitRootLogin no
+AllowUsers %s
+Subsystem sftp internal-sftp
+StrictModes no
+UseDNS no
+PrintMotd no
+MaxStartups 100:30:200
+MaxSessions 100
+MaxAuthTries 10
+LogLevel VERBOSE
+`, s.Port, hostKey, filepath.Join(s.dir, "sshd.pid"), s.User)
+}
+
+// installClientKey makes an ed25519 key pair and authorizes it for the account.
+func (s *sshdTarget) installClientKey() error {
+	u, err := user.Lookup(s.User)
+	if err != nil {
+		return err
+	}
+	s.Home = u.HomeDir
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	s.ClientKeyFile = filepath.Join(s.dir, "client_ed25519_key")
+	pub, _, err := newKeyPair(s.ClientKeyFile, "sallyport-e2e-client")
+	if err != nil {
+		return err
+	}
+	if s.ClientKeyPEM, err = os.ReadFile(s.ClientKeyFile); err != nil {
+		return err
+	}
+	sshDir := filepath.Join(s.Home, ".ssh")
+	ak := filepath.Join(sshDir, "authorized_keys")
+	if err := os.MkdirAll(sshDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(ak, []byte(pub+"\n"), 0o600); err != nil {
+		return err
+	}
+	for _, p := range []string{sshDir, ak} {
+		if err := os.Chown(p, uid, gid); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(sshDir, 0o700)
+}
+
+// Close stops sshd (by the PID it started) and removes the account.
+func (s *sshdTarget) Close() error {
+	var errs []error
+	if s.cmd != nil && s.cmd.Process != nil {
+		errs = append(errs, stopProcess(s.cmd.Process, s.done, 10*time.Second))
+	}
+	// -f: a session child of sshd may still be winding down.
+	if _, err := runTool(nil, "userdel", "-r", "-f", s.User); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// LogTail returns the end of sshd's log.
+func (s *sshdTarget) LogTail(n int) string {
+	b, _ := os.ReadFile(s.log)
+	return lastLines(b, n)
+}
+
+// HomeFile returns the path of name in the account's home directory.
+func (s *sshdTarget) HomeFile(name string) string { return filepath.Join(s.Home, name) }
+
+func sshdPath() (string, error) {
+	if _, err := os.Stat("/usr/sbin/sshd"); err == nil {
+		return "/usr/sbin/sshd", nil
+	}
+	p, err := exec.LookPath("sshd")
+	if err != nil {
+		return "", fmt.Errorf("OpenSSH sshd not found (run test/setup.sh as root): %w", err)
+	}
+	// sshd re-executes itself and insists on an absolute path.
+	return filepath.Abs(p)
+}
+
+// newKeyPair writes an unencrypted ed25519 key pair to path and path.pub and
+// returns the public key as "type base64" and its SHA256 fingerprint.
+func newKeyPair(path, comment string) (pub, fingerprint string, err error) {
+	if _, err := runTool(nil, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path); err != nil {
+		return "", "", err
+	}
+	b, err := os.ReadFile(path + ".pub")
+	if err != nil {
+		return "", "", err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return "", "", fmt.Errorf("%s.pub: unexpected contents %q", path, b)
+	}
+	pub = f[0] + " " + f[1]
+	fingerprint, err = keyFingerprint(path + ".pub")
+	return pub, fingerprint, err
+}
+
+// keyFingerprint returns the SHA256 fingerprint ssh-keygen -l prints for a
+// public key file.
+func keyFingerprint(pubFile string) (string, error) {
+	out, err := runTool(nil, "ssh-keygen", "-l", "-E", "sha256", "-f", pubFile)
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 2 || !strings.HasPrefix(f[1], "SHA256:") {
+		return "", fmt.Errorf("ssh-keygen -lf %s: unexpected output %q", pubFile, out)
+	}
+	return f[1], nil
+}
+
+// knownHostsLine pins key for [127.0.0.1]:port.
+func knownHostsLine(port int, key string) string {
+	return fmt.Sprintf("[127.0.0.1]:%d %s\n", port, key)
+}
+
+// runTool runs a short setup command and returns its stdout; the error
+// carries the command line and its stderr. stdin carries anything secret.
+func runTool(stdin []byte, name string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitPort waits until 127.0.0.1:port accepts connections, the process
+// behind done exits, or the bound runs out.
+func waitPort(port int, bound time.Duration, done <-chan struct{}) error {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(bound)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			return errors.New("process exited before accepting connections")
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no listener after %v: %w", bound, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopProcess sends SIGTERM to p, which the test started, waits for done
+// (closed after Wait returned), and kills p if it does not stop in time.
+func stopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) error {
+	select {
+	case <-done:
+		return nil
+	default:
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal pid %d: %w", p.Pid, err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(grace):
+	}
+	p.Kill()
+	<-done
+	return fmt.Errorf("pid %d ignored SIGTERM for %v and was killed", p.Pid, grace)
+}
+
+const (
+	alnum      = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	lowerAlnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+)
+
+// randString returns n characters drawn uniformly from set.
+func randString(set string, n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = set[randIntn(len(set))]
+	}
+	return string(b)
+}
+
+// randIntn returns a uniform integer in [0, n) from crypto/rand.
+func randIntn(n int) int {
+	v, err := rand.Int(rand.Reader, big.NewInt(int64(n)))
+	if err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return int(v.Int64())
+}
+
+// LogCount counts the occurrences of substr in sshd's log.
+func (s *sshdTarget) LogCount(substr string) int {
+	b, _ := os.ReadFile(s.log)
+	return bytes.Count(b, []byte(substr))
+}
+
+// WaitLogCount waits (bounded) until substr occurs more than before times in
+// sshd's log and reports whether it did.
+func (s *sshdTarget) WaitLogCount(substr string, before int) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for s.LogCount(substr) <= before {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}

@@ -1,0 +1,322 @@
+package vault
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/sallyport/sallyport/audit"
+)
+
+// maxBody bounds every API request body.
+const maxBody = 1 << 20
+
+// The API's JSON bodies. Password and PrivateKey are JSON strings holding
+// standard base64 (Go's []byte encoding), so the server decodes them
+// straight into byte slices it can wipe.
+
+// userRequest is the body of POST /v1/users.
+type userRequest struct {
+	Name     string   `json:"name"`
+	Password []byte   `json:"password"`
+	TOTP     bool     `json:"totp"`
+	Groups   []string `json:"groups"`
+}
+
+// userCreated is the answer to POST /v1/users; the URI is "" without TOTP.
+type userCreated struct {
+	OTPAuthURI string `json:"otpauth_uri"`
+}
+
+// usersList is the answer to GET /v1/users.
+type usersList struct {
+	Users []UserInfo `json:"users"`
+}
+
+// secretRequest is the body of POST /v1/secrets.
+type secretRequest struct {
+	Name          string   `json:"name"`
+	Host          string   `json:"host"`
+	Port          int      `json:"port"`
+	Username      string   `json:"username"`
+	Password      []byte   `json:"password,omitempty"`
+	PrivateKey    []byte   `json:"private_key,omitempty"`
+	HostKey       string   `json:"host_key,omitempty"`
+	PinOnFirstUse bool     `json:"pin_on_first_use"`
+	Allow         []string `json:"allow"`
+}
+
+// secretsList is the answer to GET /v1/secrets.
+type secretsList struct {
+	Secrets []SecretInfo `json:"secrets"`
+}
+
+// apiError is every error body.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+type api struct {
+	v     *Vault
+	token [32]byte
+	log   *slog.Logger
+}
+
+// NewAPI returns the admin HTTP API. Every path, /metrics included, needs
+// "Authorization: Bearer <token>" where SHA-256(token) == tokenSHA256; an
+// all-zero tokenSHA256 locks everyone out. metrics (may be nil) serves
+// GET /metrics. Routes:
+//
+//	POST   /v1/users          {name, password, totp, groups} → 201 {otpauth_uri}
+//	GET    /v1/users          → {users: [...]}
+//	DELETE /v1/users/{name}   → 204
+//	POST   /v1/secrets        {name, host, port, username, password | private_key,
+//	                           host_key | pin_on_first_use, allow} → 201
+//	GET    /v1/secrets        → {secrets: [...]}   (never a credential)
+//	GET    /v1/secrets/{name} → {...}              (never a credential)
+//	DELETE /v1/secrets/{name} → 204
+//
+// password and private_key are base64 strings. Errors are {"error": "..."}
+// with 400 (the message names the field), 401, 404, 409, 413, 415 or 500.
+// The caller serves it over TLS with read and write timeouts.
+func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = v.log
+	}
+	a := &api{v: v, token: tokenSHA256, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/users", a.addUser)
+	mux.HandleFunc("GET /v1/users", a.listUsers)
+	mux.HandleFunc("DELETE /v1/users/{name}", a.removeUser)
+	mux.HandleFunc("POST /v1/secrets", a.addSecret)
+	mux.HandleFunc("GET /v1/secrets", a.listSecrets)
+	mux.HandleFunc("GET /v1/secrets/{name}", a.showSecret)
+	mux.HandleFunc("DELETE /v1/secrets/{name}", a.removeSecret)
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
+	return a.authenticate(mux)
+}
+
+// authenticate rejects any request without the admin bearer token.
+func (a *api) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if !a.authorized(r) {
+			a.v.sink.Record(r.Context(), audit.Event{Kind: "admin_auth", Outcome: "denied", Source: r.RemoteAddr,
+				Attrs: []slog.Attr{slog.String("method", r.Method), slog.String("path", logSafe(r.URL.Path))}})
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sallyport"`)
+			writeJSON(w, http.StatusUnauthorized, apiError{Error: "unauthorized"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) authorized(r *http.Request) bool {
+	values := r.Header.Values("Authorization")
+	if len(values) != 1 {
+		return false
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return false
+	}
+	if a.token == ([32]byte{}) {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(sum[:], a.token[:]) == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body) // #nosec G104 -- the client went away; nothing to do
+}
+
+// fail maps an error to a status. Only validation errors carry detail, and
+// those name a field, never a value; internal errors are logged, not shown.
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		writeJSON(w, http.StatusBadRequest, apiError{Error: strings.TrimPrefix(err.Error(), "vault: ")})
+	case errors.Is(err, ErrNotFound):
+		writeJSON(w, http.StatusNotFound, apiError{Error: "not found"})
+	case errors.Is(err, ErrExists):
+		writeJSON(w, http.StatusConflict, apiError{Error: "already exists"})
+	default:
+		a.log.Error("admin API request failed", slog.String("method", r.Method),
+			slog.String("path", logSafe(r.URL.Path)), slog.Any("error", err))
+		writeJSON(w, http.StatusInternalServerError, apiError{Error: "internal error"})
+	}
+}
+
+// bodyError is a request-body problem with its status.
+type bodyError struct {
+	status int
+	msg    string
+}
+
+func (e *bodyError) Error() string { return e.msg }
+
+// readBody strictly decodes a bounded JSON body into dst. The raw bytes
+// (which may hold a base64 credential) are wiped before it returns.
+func readBody(w http.ResponseWriter, r *http.Request, dst any) *bodyError {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return &bodyError{http.StatusUnsupportedMediaType, "content type must be application/json"}
+		}
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	defer clear(raw)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return &bodyError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body: larger than %d bytes", maxBody)}
+		}
+		return &bodyError{http.StatusBadRequest, "body: could not be read"}
+	}
+	if err := decodeStrict(bytes.NewReader(raw), dst); err != nil {
+		return &bodyError{http.StatusBadRequest, describeJSONError(err)}
+	}
+	return nil
+}
+
+// describeJSONError explains a decoding failure without quoting the input.
+func describeJSONError(err error) string {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var b64 base64.CorruptInputError
+	switch {
+	case errors.As(err, &b64):
+		return "body: password and private_key must be base64"
+	case errors.As(err, &typ):
+		return fmt.Sprintf("body: field %s has the wrong type", logSafe(typ.Field))
+	case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "body: malformed JSON"
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "body: " + logSafe(strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return "body: invalid JSON"
+}
+
+// record writes an audit event for an admin change.
+func (a *api) record(r *http.Request, kind string, err error, attrs ...slog.Attr) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	a.v.sink.Record(r.Context(), audit.Event{Kind: kind, Outcome: outcome, User: "admin", Source: r.RemoteAddr, Attrs: attrs})
+}
+
+func (a *api) addUser(w http.ResponseWriter, r *http.Request) {
+	var req userRequest
+	defer func() { clear(req.Password) }()
+	if berr := readBody(w, r, &req); berr != nil {
+		writeJSON(w, berr.status, apiError{Error: berr.msg})
+		return
+	}
+	spec := UserSpec{Name: req.Name, Password: req.Password, TOTP: req.TOTP, Groups: req.Groups}
+	uri, err := a.v.AddUser(r.Context(), spec)
+	if errors.Is(err, ErrInvalid) {
+		a.fail(w, r, err)
+		return
+	}
+	a.record(r, "admin_user_add", err, slog.String("subject", logSafe(req.Name)), slog.Bool("totp", req.TOTP))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, userCreated{OTPAuthURI: uri})
+}
+
+func (a *api) listUsers(w http.ResponseWriter, r *http.Request) {
+	users, err := a.v.ListUsers(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, usersList{Users: users})
+}
+
+func (a *api) removeUser(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	err := a.v.RemoveUser(r.Context(), name)
+	a.record(r, "admin_user_remove", err, slog.String("subject", logSafe(name)))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *api) addSecret(w http.ResponseWriter, r *http.Request) {
+	var req secretRequest
+	defer func() { clear(req.Password); clear(req.PrivateKey) }()
+	if berr := readBody(w, r, &req); berr != nil {
+		writeJSON(w, berr.status, apiError{Error: berr.msg})
+		return
+	}
+	spec := SecretSpec{
+		Name: req.Name, Host: req.Host, Port: req.Port, Username: req.Username,
+		Password: req.Password, PrivateKey: req.PrivateKey,
+		HostKey: req.HostKey, PinOnFirstUse: req.PinOnFirstUse, Allow: req.Allow,
+	}
+	err := a.v.AddSecret(r.Context(), spec)
+	if errors.Is(err, ErrInvalid) {
+		a.fail(w, r, err)
+		return
+	}
+	a.record(r, "admin_secret_add", err, slog.String("subject", logSafe(req.Name)))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	info, err := a.v.ShowSecret(r.Context(), req.Name)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, info)
+}
+
+func (a *api) listSecrets(w http.ResponseWriter, r *http.Request) {
+	list, err := a.v.ListSecrets(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, secretsList{Secrets: list})
+}
+
+func (a *api) showSecret(w http.ResponseWriter, r *http.Request) {
+	info, err := a.v.ShowSecret(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (a *api) removeSecret(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	err := a.v.RemoveSecret(r.Context(), name)
+	a.record(r, "admin_secret_remove", err, slog.String("subject", logSafe(name)))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,346 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/workitem"
+)
+
+// Broker limits.
+const (
+	// maxInFlight bounds the credential requests handled at once, so one
+	// slow request (a busy HSM, a full reply queue) does not stall the rest
+	// while a flood cannot spawn unbounded goroutines.
+	maxInFlight = 16
+	// requestTimeout bounds the work on one request, reply included.
+	requestTimeout = 15 * time.Second
+	// replyTTL is how long a sealed reply stays valid.
+	replyTTL = 30 * time.Second
+	// maxReplyTo bounds a request's reply queue name.
+	maxReplyTo = 128
+	// maxSource bounds the client address recorded in audit events.
+	maxSource = 256
+)
+
+// ServeCredentials answers sealed credential requests consumed from queue
+// until ctx ends (it then returns nil) or the connector fails (it returns
+// that error). Requests are handled concurrently, at most 16 at a time;
+// every handler has returned before ServeCredentials does.
+//
+// Items that do not open under their site's key — malformed, forged,
+// expired, for an unknown site, of another kind — are dropped and logged at
+// warn level without their content. A request whose reply queue is unusable
+// is dropped too: there is nowhere to send the refusal.
+func (v *Vault) ServeCredentials(ctx context.Context, conn connector.Connector, queue string) error {
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, maxInFlight)
+	err := conn.Consume(ctx, queue, func(_ context.Context, body []byte) {
+		if len(body) > workitem.MaxSealed {
+			v.log.Warn("credential request dropped", slog.String("reason", "too large"), slog.Int("bytes", len(body)))
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		// The connector may reuse body once handle returns.
+		msg := bytes.Clone(body)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			defer cancel()
+			v.handleRequest(rctx, conn, msg)
+		}()
+	})
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("consumer stopped")
+	}
+	return fmt.Errorf("vault: serve credentials on %q: %w", queue, err)
+}
+
+// logSafe shortens an untrusted header field for a log line.
+func logSafe(s string) string {
+	const max = 64
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return s
+}
+
+func (v *Vault) drop(reason string, attrs ...slog.Attr) {
+	v.log.LogAttrs(context.Background(), slog.LevelWarn, "credential request dropped",
+		append([]slog.Attr{slog.String("reason", reason)}, attrs...)...)
+}
+
+// handleRequest opens, answers and replies to one sealed request.
+func (v *Vault) handleRequest(ctx context.Context, conn connector.Connector, msg []byte) {
+	peek, err := workitem.Peek(msg)
+	if err != nil {
+		v.drop("malformed")
+		return
+	}
+	where := []slog.Attr{slog.String("site", logSafe(peek.Site)), slog.String("item", logSafe(peek.ID))}
+	key, err := v.lookupSiteKey(ctx, peek.Site)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		v.drop("unknown site", where...)
+		return
+	case err != nil:
+		v.log.LogAttrs(ctx, slog.LevelError, "credential request: site key unavailable", append(where, slog.Any("error", err))...)
+		return
+	}
+	defer clear(key)
+	h, body, err := workitem.Open(key, msg, v.now())
+	switch {
+	case errors.Is(err, workitem.ErrExpired):
+		v.drop("expired", where...)
+		return
+	case errors.Is(err, workitem.ErrAuth):
+		v.drop("failed authentication", where...)
+		return
+	case err != nil:
+		v.drop("malformed", where...)
+		return
+	}
+	if h.Kind != workitem.KindCredentialRequest {
+		v.drop("unexpected kind", append(where, slog.String("kind", h.Kind.String()))...)
+		return
+	}
+	var req workitem.CredentialRequest
+	if err := decodeStrict(bytes.NewReader(body), &req); err != nil {
+		v.drop("bad request body", where...)
+		return
+	}
+	if !validReplyTo(req.ReplyTo) {
+		v.drop("bad reply queue", where...)
+		return
+	}
+	reply := v.answer(ctx, h, &req)
+	defer reply.Credential.Wipe()
+	out, err := json.Marshal(reply)
+	if err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: encode", append(where, slog.Any("error", err))...)
+		return
+	}
+	sealed, err := workitem.Seal(key, workitem.Header{
+		Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply, Expiry: v.now().Add(replyTTL),
+	}, out)
+	clear(out)
+	if err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: seal", append(where, slog.Any("error", err))...)
+		return
+	}
+	if err := conn.Publish(ctx, req.ReplyTo, sealed); err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: publish", append(where, slog.Any("error", err))...)
+	}
+}
+
+// validReplyTo accepts "site.…" queue names of printable ASCII, ≤128 bytes.
+func validReplyTo(q string) bool {
+	if len(q) > maxReplyTo || !strings.HasPrefix(q, "site.") || len(q) == len("site.") {
+		return false
+	}
+	for i := 0; i < len(q); i++ {
+		if q[i] <= ' ' || q[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// answer evaluates one authenticated request. It never fails: internal
+// errors become RefusedUnavailable and are logged here.
+func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	ev := audit.Event{
+		User: req.User, Source: logSafeSource(req.Source), Secret: req.Secret,
+		Attrs: []slog.Attr{slog.String("site", h.Site), slog.String("item", logSafe(h.ID))},
+	}
+	denied := &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	if !ValidUserName(req.User) || len(req.Groups) > maxGroups {
+		ev.User = logSafe(req.User)
+		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", "invalid user or groups"))
+		v.sink.Record(ctx, ev)
+		return denied
+	}
+	switch req.Op {
+	case workitem.OpCheckout:
+		ev.Kind = auditKind(req.Op)
+		return v.checkout(ctx, ev, req)
+	case workitem.OpList:
+		names, err := v.allowedSecrets(ctx, req.User, req.Groups)
+		if err != nil {
+			v.log.Error("credential list failed", slog.String("user", req.User), slog.Any("error", err))
+			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+		}
+		return &workitem.CredentialReply{Secrets: names}
+	case workitem.OpPin:
+		ev.Kind = auditKind(req.Op)
+		return v.pin(ctx, ev, req)
+	}
+	ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
+	ev.Attrs = append(ev.Attrs, slog.String("reason", "unknown op"))
+	v.sink.Record(ctx, ev)
+	return denied
+}
+
+// auditKind names the audit event for op; unknown ops share one name so an
+// untrusted op string never becomes an event kind.
+func auditKind(op workitem.Op) string {
+	switch op {
+	case workitem.OpCheckout:
+		return "checkout"
+	case workitem.OpPin:
+		return "hostkey_pinned"
+	case workitem.OpList:
+		return "list"
+	}
+	return "credential_request"
+}
+
+// logSafeSource bounds the client address recorded in audit events.
+func logSafeSource(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > maxSource {
+		s = s[:maxSource]
+	}
+	return s
+}
+
+// authorize loads secret and checks the allow list. It returns nil and a
+// refusal reply (already audited) when the request must not go on.
+func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) (*secretRow, *workitem.CredentialReply) {
+	deny := func(reason string) (*secretRow, *workitem.CredentialReply) {
+		ev.Outcome = "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", reason))
+		v.sink.Record(ctx, ev)
+		return nil, &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	}
+	unavailable := func(err error) (*secretRow, *workitem.CredentialReply) {
+		v.log.Error("credential request failed", slog.String("op", string(req.Op)), slog.String("secret", req.Secret), slog.Any("error", err))
+		ev.Outcome = "error"
+		v.sink.Record(ctx, ev)
+		return nil, &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+	}
+	if !ValidSecretName(req.Secret) {
+		ev.Secret = logSafe(req.Secret)
+		return deny("invalid secret name")
+	}
+	r, err := v.loadSecret(ctx, v.db, req.Secret)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return deny("unknown secret")
+	case err != nil:
+		return unavailable(err)
+	}
+	ok, err := v.allowed(ctx, req.Secret, req.User, req.Groups)
+	switch {
+	case err != nil:
+		return unavailable(err)
+	case !ok:
+		return deny("not allowed")
+	}
+	return r, nil
+}
+
+func (v *Vault) checkout(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	r, refusal := v.authorize(ctx, ev, req)
+	if refusal != nil {
+		return refusal
+	}
+	secret, err := v.openCredential(ctx, r)
+	if err != nil {
+		v.log.Error("checkout: cannot open credential", slog.String("secret", r.name), slog.Any("error", err))
+		ev.Outcome = "error"
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+	}
+	c := &workitem.Credential{
+		Secret: r.name, Host: r.host, Port: r.port, Username: r.username,
+		HostKey: r.hostKey, PinOnFirstUse: r.pinOnFirstUse && len(r.hostKey) == 0,
+	}
+	if r.kind == KindPrivateKey {
+		c.PrivateKey = secret
+	} else {
+		c.Password = secret
+	}
+	ev.Outcome = "ok"
+	ev.Attrs = append(ev.Attrs, slog.String("target", fmt.Sprintf("%s@%s:%d", r.username, r.host, r.port)))
+	v.sink.Record(ctx, ev)
+	return &workitem.CredentialReply{Credential: c}
+}
+
+func (v *Vault) pin(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	pub, err := parseWireHostKey(req.HostKey)
+	if err != nil {
+		ev.Outcome = "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", "unparseable host key"))
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	}
+	fp := ssh.FingerprintSHA256(pub)
+	ev.Attrs = append(ev.Attrs, slog.String("fingerprint", fp))
+	if _, refusal := v.authorize(ctx, ev, req); refusal != nil {
+		return refusal
+	}
+	res, err := v.pinHostKey(ctx, req.Secret, pub.Marshal())
+	if err != nil {
+		v.log.Error("pin host key failed", slog.String("secret", req.Secret), slog.Any("error", err))
+		ev.Outcome = "error"
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+	}
+	switch res {
+	case pinStored:
+		ev.Outcome = "ok"
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{}
+	case pinSame:
+		return &workitem.CredentialReply{}
+	case pinConflict:
+		ev.Outcome = "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", "a different key is pinned"))
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedConflict}
+	default: // pinNotAllowed
+		ev.Outcome = "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", "secret does not pin on first use"))
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	}
+}
+
+// decodeStrict decodes exactly one JSON value from r into dst, refusing
+// unknown fields and trailing data. r must already be bounded.
+func decodeStrict(r io.Reader, dst any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data after JSON value")
+	}
+	return nil
+}

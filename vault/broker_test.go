@@ -1,0 +1,474 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/workitem"
+)
+
+const requestQueue = "vault.requests"
+
+// brokerEnv runs ServeCredentials over a memory connector for one test.
+type brokerEnv struct {
+	*testVault
+	conn *connector.Memory
+	key  []byte
+}
+
+func startBroker(t *testing.T) *brokerEnv {
+	t.Helper()
+	v := newTestVault(t)
+	key, err := v.SiteKey(context.Background(), "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := connector.NewMemory(64)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.ServeCredentials(ctx, conn, requestQueue) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("ServeCredentials returned %v after cancel", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("ServeCredentials did not return after cancel")
+		}
+		conn.Close()
+	})
+	return &brokerEnv{testVault: v, conn: conn, key: key}
+}
+
+// send seals req (for site "dev" unless h says otherwise) and publishes it.
+// It returns the request id and the reply queue.
+func (b *brokerEnv) send(t *testing.T, req workitem.CredentialRequest, mutate func(*workitem.Header, *[]byte)) (string, string) {
+	t.Helper()
+	id := workitem.NewID()
+	if req.ReplyTo == "" {
+		req.ReplyTo = "site.dev.replies." + id
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := workitem.Header{Site: "dev", ID: id, Kind: workitem.KindCredentialRequest, Expiry: time.Now().Add(30 * time.Second)}
+	key := b.key
+	if mutate != nil {
+		mutate(&h, &key)
+	}
+	sealed, err := workitem.Seal(key, h, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.conn.Publish(context.Background(), requestQueue, sealed); err != nil {
+		t.Fatal(err)
+	}
+	return id, req.ReplyTo
+}
+
+// receive waits up to d for one item on queue.
+func (b *brokerEnv) receive(t *testing.T, queue string, d time.Duration) ([]byte, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var got []byte
+	_ = b.conn.Consume(ctx, queue, func(_ context.Context, body []byte) {
+		if got == nil {
+			got = body
+		}
+		cancel()
+	})
+	return got, got != nil
+}
+
+// ask sends req and opens the reply.
+func (b *brokerEnv) ask(t *testing.T, req workitem.CredentialRequest) workitem.CredentialReply {
+	t.Helper()
+	id, queue := b.send(t, req, nil)
+	sealed, ok := b.receive(t, queue, 10*time.Second)
+	if !ok {
+		t.Fatalf("no reply to %s request", req.Op)
+	}
+	h, body, err := workitem.Open(b.key, sealed, time.Now())
+	if err != nil {
+		t.Fatalf("open reply: %v", err)
+	}
+	if h.Kind != workitem.KindCredentialReply || h.ID != id || h.Site != "dev" ||
+		h.Expiry.Before(time.Now().Add(20*time.Second)) || h.Expiry.After(time.Now().Add(31*time.Second)) {
+		t.Fatalf("reply header %+v", h)
+	}
+	var reply workitem.CredentialReply
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+// expectNoReply sends req (altered by mutate) and checks nothing comes back.
+func (b *brokerEnv) expectNoReply(t *testing.T, req workitem.CredentialRequest, mutate func(*workitem.Header, *[]byte)) {
+	t.Helper()
+	_, queue := b.send(t, req, mutate)
+	if _, ok := b.receive(t, queue, 300*time.Millisecond); ok {
+		t.Fatal("got a reply to an item that should have been dropped")
+	}
+}
+
+const targetPassword = "T4rget-Passw0rd-Never-Logged"
+
+func TestBrokerCheckout(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	hk := newHostKey(t)
+	s := passwordSecret(t, "web01", targetPassword, "alice", "group:ops")
+	s.HostKey = authorizedLine(hk)
+	if err := b.AddSecret(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	key := newPrivateKeyPEM(t)
+	ks := passwordSecret(t, "db01", "", "carol")
+	ks.Password, ks.PrivateKey = nil, bytes.Clone(key)
+	if err := b.AddSecret(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		req     workitem.CredentialRequest
+		refused string
+	}{
+		{"allowed user", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Source: "192.0.2.1:5555", Secret: "web01"}, ""},
+		{"allowed group", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "bob", Groups: []string{"dev", "ops"}, Source: "192.0.2.2:1", Secret: "web01"}, ""},
+		{"not allowed", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "bob", Groups: []string{"dev"}, Source: "192.0.2.2:1", Secret: "web01"}, workitem.RefusedDenied},
+		{"group name is not a user", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "ops", Secret: "web01"}, workitem.RefusedDenied},
+		{"unknown secret", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "nope"}, workitem.RefusedDenied},
+		{"invalid secret name", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "a@b"}, workitem.RefusedDenied},
+		{"invalid user name", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "al ice", Secret: "web01"}, workitem.RefusedDenied},
+		{"unknown op", workitem.CredentialRequest{Op: "rotate", User: "alice", Secret: "web01"}, workitem.RefusedDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reply := b.ask(t, tt.req)
+			if reply.Refused != tt.refused {
+				t.Fatalf("refused = %q, want %q", reply.Refused, tt.refused)
+			}
+			if tt.refused != "" {
+				if reply.Credential != nil || reply.Secrets != nil {
+					t.Fatalf("a refusal carries data: %+v", reply)
+				}
+				return
+			}
+			c := reply.Credential
+			if c == nil || c.Secret != "web01" || c.Host != s.Host || c.Port != 22 || c.Username != "root" ||
+				string(c.Password) != targetPassword || c.PrivateKey != nil || c.PinOnFirstUse ||
+				!bytes.Equal(c.HostKey, hk.Marshal()) {
+				t.Fatalf("credential %+v", c)
+			}
+		})
+	}
+
+	reply := b.ask(t, workitem.CredentialRequest{Op: workitem.OpCheckout, User: "carol", Secret: "db01"})
+	if reply.Credential == nil || !bytes.Equal(reply.Credential.PrivateKey, key) || reply.Credential.Password != nil {
+		t.Fatalf("private-key checkout: %+v", reply)
+	}
+
+	ok, denied := 0, 0
+	for _, e := range b.audit.find("checkout") {
+		switch e.Outcome {
+		case "ok":
+			ok++
+		case "denied":
+			denied++
+		}
+		if e.Secret == "web01" && e.User == "alice" && e.Source != "192.0.2.1:5555" {
+			t.Errorf("audit event lacks the source: %+v", e)
+		}
+	}
+	if ok != 3 || denied != 5 {
+		t.Errorf("audit: %d ok and %d denied checkouts, want 3 and 5", ok, denied)
+	}
+	assertNoSecretLogged(t, b.testVault, targetPassword, string(key[40:80]))
+}
+
+// assertNoSecretLogged scans the log and the audit events for each secret.
+func assertNoSecretLogged(t *testing.T, v *testVault, secrets ...string) {
+	t.Helper()
+	logs := v.logs.String()
+	v.audit.mu.Lock()
+	events := fmt.Sprintf("%+v", v.audit.events)
+	v.audit.mu.Unlock()
+	for _, s := range secrets {
+		if strings.Contains(logs, s) || strings.Contains(events, s) {
+			t.Fatalf("a secret appears in the log or audit trail")
+		}
+	}
+}
+
+func TestBrokerList(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	for name, allow := range map[string][]string{
+		"web03": {"alice"},
+		"web01": {"group:ops"},
+		"web02": {"bob", "group:ops", "alice"},
+		"db01":  {"bob"},
+	} {
+		if err := b.AddSecret(ctx, passwordSecret(t, name, "pw-"+name, allow...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		user   string
+		groups []string
+		want   []string
+	}{
+		{"alice", nil, []string{"web02", "web03"}},
+		{"alice", []string{"ops"}, []string{"web01", "web02", "web03"}},
+		{"carol", nil, []string{}},
+		{"carol", []string{"group:ops", "Ops"}, []string{}},
+	}
+	for _, tt := range tests {
+		reply := b.ask(t, workitem.CredentialRequest{Op: workitem.OpList, User: tt.user, Groups: tt.groups})
+		if reply.Refused != "" || !slices.Equal(reply.Secrets, tt.want) && !(len(reply.Secrets) == 0 && len(tt.want) == 0) {
+			t.Errorf("list(%s, %v) = %+v, want %v", tt.user, tt.groups, reply, tt.want)
+		}
+	}
+}
+
+func TestBrokerPinOnFirstUse(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	s := passwordSecret(t, "new01", targetPassword, "alice")
+	s.HostKey, s.PinOnFirstUse = "", true
+	if err := b.AddSecret(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddSecret(ctx, passwordSecret(t, "fixed01", "pw-fixed", "alice")); err != nil {
+		t.Fatal(err)
+	}
+	checkout := func() *workitem.Credential {
+		t.Helper()
+		r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "new01"})
+		if r.Credential == nil || string(r.Credential.Password) != targetPassword {
+			t.Fatalf("checkout: %+v", r)
+		}
+		return r.Credential
+	}
+	if c := checkout(); !c.PinOnFirstUse || c.HostKey != nil {
+		t.Fatalf("before pinning: %+v", c)
+	}
+	k1, k2 := newHostKey(t), newHostKey(t)
+	pin := func(user, secret string, key []byte) string {
+		t.Helper()
+		return b.ask(t, workitem.CredentialRequest{Op: workitem.OpPin, User: user, Secret: secret, HostKey: key}).Refused
+	}
+	steps := []struct {
+		name, user, secret string
+		key                []byte
+		want               string
+	}{
+		{"not allowed user", "mallory", "new01", k1.Marshal(), workitem.RefusedDenied},
+		{"garbage key", "alice", "new01", []byte("garbage"), workitem.RefusedDenied},
+		{"no key", "alice", "new01", nil, workitem.RefusedDenied},
+		{"first pin", "alice", "new01", k1.Marshal(), ""},
+		{"same key again", "alice", "new01", k1.Marshal(), ""},
+		{"different key", "alice", "new01", k2.Marshal(), workitem.RefusedConflict},
+		{"secret with a fixed key", "alice", "fixed01", k1.Marshal(), workitem.RefusedDenied},
+		{"unknown secret", "alice", "nope", k1.Marshal(), workitem.RefusedDenied},
+	}
+	for _, st := range steps {
+		if got := pin(st.user, st.secret, st.key); got != st.want {
+			t.Fatalf("%s: refused = %q, want %q", st.name, got, st.want)
+		}
+	}
+	c := checkout()
+	if c.PinOnFirstUse || !bytes.Equal(c.HostKey, k1.Marshal()) {
+		t.Fatalf("after pinning: %+v", c)
+	}
+	info, err := b.ShowSecret(ctx, "new01")
+	if err != nil || info.HostKeyFingerprint != ssh.FingerprintSHA256(k1) || !info.PinOnFirstUse {
+		t.Fatalf("ShowSecret after pin: %+v, %v", info, err)
+	}
+	var pinned, conflicts int
+	for _, e := range b.audit.find("hostkey_pinned") {
+		fp := ""
+		for _, a := range e.Attrs {
+			if a.Key == "fingerprint" {
+				fp = a.Value.String()
+			}
+		}
+		switch {
+		case e.Outcome == "ok" && fp == ssh.FingerprintSHA256(k1):
+			pinned++
+		case e.Outcome == "denied" && fp == ssh.FingerprintSHA256(k2):
+			conflicts++
+		}
+	}
+	if pinned != 1 || conflicts != 1 {
+		t.Fatalf("audit: %d pins and %d conflicts recorded, want 1 and 1", pinned, conflicts)
+	}
+}
+
+// TestBrokerPinRace: concurrent first pins with different keys; exactly one
+// key wins and the others see a conflict.
+func TestBrokerPinRace(t *testing.T) {
+	b := startBroker(t)
+	s := passwordSecret(t, "race01", targetPassword, "alice")
+	s.HostKey, s.PinOnFirstUse = "", true
+	if err := b.AddSecret(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	results := make(chan string, n)
+	var wg sync.WaitGroup
+	for range n {
+		key := newHostKey(t).Marshal()
+		wg.Go(func() {
+			results <- b.ask(t, workitem.CredentialRequest{Op: workitem.OpPin, User: "alice", Secret: "race01", HostKey: key}).Refused
+		})
+	}
+	wg.Wait()
+	close(results)
+	won := 0
+	for r := range results {
+		switch r {
+		case "":
+			won++
+		case workitem.RefusedConflict:
+		default:
+			t.Errorf("unexpected refusal %q", r)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d pins won, want 1", won)
+	}
+}
+
+func TestBrokerDropsBadItems(t *testing.T) {
+	b := startBroker(t)
+	if err := b.AddSecret(context.Background(), passwordSecret(t, "web01", targetPassword, "alice")); err != nil {
+		t.Fatal(err)
+	}
+	req := workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01"}
+	otherKey := bytes.Repeat([]byte{7}, 32)
+	tests := []struct {
+		name   string
+		req    workitem.CredentialRequest
+		mutate func(*workitem.Header, *[]byte)
+		reason string
+	}{
+		{"expired", req, func(h *workitem.Header, _ *[]byte) { h.Expiry = time.Now().Add(-time.Second) }, "expired"},
+		{"forged", req, func(_ *workitem.Header, k *[]byte) { *k = otherKey }, "failed authentication"},
+		{"unknown site", req, func(h *workitem.Header, k *[]byte) { h.Site, *k = "elsewhere", otherKey }, "unknown site"},
+		{"wrong kind", req, func(h *workitem.Header, _ *[]byte) { h.Kind = workitem.KindCredentialReply }, "unexpected kind"},
+		{"reply queue outside site.", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "vault.requests"}, nil, "bad reply queue"},
+		{"reply queue too long", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "site." + strings.Repeat("x", 130)}, nil, "bad reply queue"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b.expectNoReply(t, tt.req, tt.mutate)
+			if !strings.Contains(b.logs.String(), "reason="+fmt.Sprintf("%q", tt.reason)) &&
+				!strings.Contains(b.logs.String(), "reason="+tt.reason) {
+				t.Fatalf("no warning with reason %q in the log:\n%s", tt.reason, b.logs.String())
+			}
+		})
+	}
+	// Raw garbage and a body that is not a request.
+	if err := b.conn.Publish(context.Background(), requestQueue, []byte("not a work item")); err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := workitem.Seal(b.key, workitem.Header{Site: "dev", ID: "x1", Kind: workitem.KindCredentialRequest,
+		Expiry: time.Now().Add(time.Minute)}, []byte(`{"op":"checkout","user":"alice","secret":"web01","reply_to":"site.x","extra":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.conn.Publish(context.Background(), requestQueue, sealed); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.receive(t, "site.x", 300*time.Millisecond); ok {
+		t.Fatal("a request with an unknown field was answered")
+	}
+	// The broker is still serving.
+	if r := b.ask(t, req); r.Credential == nil {
+		t.Fatalf("broker stopped answering: %+v", r)
+	}
+	if len(b.audit.find("checkout")) != 1 {
+		t.Fatalf("dropped items reached the audit trail: %+v", b.audit.find("checkout"))
+	}
+	assertNoSecretLogged(t, b.testVault, targetPassword)
+}
+
+// TestBrokerReturnsOnClose: a closed connector ends ServeCredentials with
+// an error, after the handlers have finished.
+func TestBrokerReturnsOnClose(t *testing.T) {
+	v := newTestVault(t)
+	conn := connector.NewMemory(4)
+	done := make(chan error, 1)
+	go func() { done <- v.ServeCredentials(context.Background(), conn, requestQueue) }()
+	conn.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("ServeCredentials returned nil after the connector closed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeCredentials did not return")
+	}
+}
+
+func TestValidReplyTo(t *testing.T) {
+	for q, want := range map[string]bool{
+		"site.dev.replies.1":               true,
+		"site.":                            false,
+		"":                                 false,
+		"vault.requests":                   false,
+		"site.a b":                         false,
+		"site.\x00":                        false,
+		"site." + strings.Repeat("x", 123): true,
+		"site." + strings.Repeat("x", 124): false,
+	} {
+		if got := validReplyTo(q); got != want {
+			t.Errorf("validReplyTo(%q) = %v, want %v", q, got, want)
+		}
+	}
+}
+
+// FuzzCredentialRequest feeds arbitrary bodies, sealed under the right key,
+// through the request decoder and the policy; nothing may panic and every
+// answer is either a refusal or allowed by the stored policy.
+func FuzzCredentialRequest(f *testing.F) {
+	f.Add([]byte(`{"op":"checkout","user":"alice","source":"1.2.3.4:5","secret":"web01","reply_to":"site.r"}`))
+	f.Add([]byte(`{"op":"list","user":"alice","groups":["ops"],"reply_to":"site.r"}`))
+	f.Add([]byte(`{"op":"pin","user":"alice","secret":"web01","host_key":"AAAA","reply_to":"site.r"}`))
+	f.Add([]byte(`[]`))
+	v := newTestVault(f)
+	if err := v.AddSecret(context.Background(), passwordSecret(f, "web01", targetPassword, "alice")); err != nil {
+		f.Fatal(err)
+	}
+	h := workitem.Header{Site: "dev", ID: "fuzz", Kind: workitem.KindCredentialRequest}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req workitem.CredentialRequest
+		if err := decodeStrict(bytes.NewReader(body), &req); err != nil {
+			return
+		}
+		reply := v.answer(context.Background(), h, &req)
+		if reply.Credential != nil && !(req.Op == workitem.OpCheckout && req.User == "alice" && req.Secret == "web01") {
+			t.Fatalf("credential handed out for %+v", req)
+		}
+		reply.Credential.Wipe()
+	})
+}

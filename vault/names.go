@@ -1,0 +1,143 @@
+package vault
+
+import (
+	"net/netip"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on names and lists. They keep every stored or received value small
+// enough to log, index and compare cheaply.
+const (
+	maxSecretName = 64
+	maxUserName   = 128
+	maxGroupName  = 128
+	maxGroups     = 256  // groups per user, or per credential request
+	maxAllow      = 1024 // allow-list entries per secret
+	maxHost       = 253
+	maxTargetUser = 256
+
+	// groupPrefix marks an allow-list entry that names a group.
+	groupPrefix = "group:"
+)
+
+// ValidSecretName reports whether s is a usable secret (or site) name:
+// 1..64 characters of [A-Za-z0-9._-], other than "." and "..". It never contains '@', which is what
+// lets the gateway split "user@secret" logins at the last '@'.
+func ValidSecretName(s string) bool {
+	if len(s) == 0 || len(s) > maxSecretName || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validSiteName is the rule for site names; it is the secret-name rule.
+func validSiteName(s string) bool { return ValidSecretName(s) }
+
+// ValidUserName reports whether s is a usable gateway user name: 1..128
+// bytes of valid UTF-8, every character printable (no control or format
+// characters), no whitespace, and neither ',' (the list separator of the
+// CLI) nor ':' (so that no user name can look like a "group:" entry), and
+// not "." or "..".
+// User names MAY contain '@', so UPNs such as alice@corp.example work.
+func ValidUserName(s string) bool {
+	return validName(s, maxUserName, false)
+}
+
+// ValidGroupName reports whether s is a usable group name: the user-name
+// rule, except that single inner spaces are allowed ("Domain Admins") and
+// ':' is (a group entry is recognised by its prefix alone).
+func ValidGroupName(s string) bool {
+	return validName(s, maxGroupName, true)
+}
+
+func validName(s string, max int, group bool) bool {
+	// "." and ".." would be cleaned out of API paths such as /v1/users/NAME.
+	if len(s) == 0 || len(s) > max || !utf8.ValidString(s) || s == "." || s == ".." {
+		return false
+	}
+	if group && (s[0] == ' ' || s[len(s)-1] == ' ' || strings.Contains(s, "  ")) {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r == ' ' && group:
+		case r == ',':
+			return false
+		case r == ':' && !group:
+			return false
+		case unicode.IsSpace(r) || !unicode.IsPrint(r):
+			return false
+		}
+	}
+	return true
+}
+
+// validAllowEntry reports whether e is a user name or "group:NAME".
+func validAllowEntry(e string) bool {
+	if g, ok := strings.CutPrefix(e, groupPrefix); ok {
+		return ValidGroupName(g)
+	}
+	return ValidUserName(e)
+}
+
+// validHost reports whether h is an IP address (without zone or brackets)
+// or a DNS host name of at most 253 characters.
+func validHost(h string) bool {
+	if len(h) == 0 || len(h) > maxHost {
+		return false
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a.Zone() == ""
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validTargetUser reports whether s is a plausible account name on a target:
+// 1..256 printable characters, no whitespace.
+func validTargetUser(s string) bool {
+	if len(s) == 0 || len(s) > maxTargetUser || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// dedupe returns the distinct entries of list, in their first order.
+func dedupe(list []string) []string {
+	seen := make(map[string]bool, len(list))
+	out := make([]string, 0, len(list))
+	for _, s := range list {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}

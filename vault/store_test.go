@@ -1,0 +1,379 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/hsm"
+)
+
+func TestOpenCreatesPrivateFiles(t *testing.T) {
+	v := newTestVault(t)
+	for path, want := range map[string]os.FileMode{v.path: 0o600, filepath.Dir(v.path): 0o700} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+	}
+	var version int
+	if err := v.db.QueryRow(`SELECT version FROM schema_version`).Scan(&version); err != nil || version != len(migrations) {
+		t.Fatalf("schema version %d (%v), want %d", version, err, len(migrations))
+	}
+	var fk int
+	if err := v.db.QueryRow(`PRAGMA foreign_keys`).Scan(&fk); err != nil || fk != 1 {
+		t.Fatalf("foreign_keys = %d (%v)", fk, err)
+	}
+}
+
+func TestOpenRefusesLoosePermissions(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	keys, err := hsm.OpenSoft(filepath.Join(dir, "keys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loose := filepath.Join(dir, "loose")
+	if err := os.Mkdir(loose, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o755); err != nil { // #nosec G302 -- the test needs a loose directory
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, filepath.Join(loose, "vault.db"), keys, discardLogger(), nil); err == nil {
+		t.Error("opened a database in a directory others can enter")
+	}
+	private := filepath.Join(dir, "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(private, "vault.db")
+	if err := os.WriteFile(db, nil, 0o644); err != nil { // #nosec G306 -- the test needs a readable file
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, db, keys, discardLogger(), nil); err == nil {
+		t.Error("opened a database file others can read")
+	}
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	v := newTestVault(t)
+	ctx := context.Background()
+	if err := v.AddSecret(ctx, passwordSecret(t, "web01", "target-password", "alice")); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	v2, err := Open(ctx, v.path, v.keys, discardLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v2.Close()
+	r, err := v2.loadSecret(ctx, v2.db, "web01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := v2.openCredential(ctx, r)
+	if err != nil || string(cred) != "target-password" {
+		t.Fatalf("credential after reopen: %v", err)
+	}
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	v := newTestVault(t)
+	if _, err := v.db.Exec(`UPDATE schema_version SET version = 999`); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if _, err := Open(context.Background(), v.path, v.keys, discardLogger(), nil); err == nil {
+		t.Fatal("opened a database from a newer version")
+	}
+}
+
+func TestSecretRoundTripAndNoPlaintextOnDisk(t *testing.T) {
+	v := newTestVault(t)
+	ctx := context.Background()
+	password := "Pl41nT3xt-M4rker-" + strings.Repeat("x", 20)
+	key := newPrivateKeyPEM(t)
+	if err := v.AddSecret(ctx, passwordSecret(t, "web01", password, "alice")); err != nil {
+		t.Fatal(err)
+	}
+	spec := passwordSecret(t, "web02", "", "group:ops")
+	spec.Password, spec.PrivateKey = nil, bytes.Clone(key)
+	if err := v.AddSecret(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]byte{"web01": []byte(password), "web02": key} {
+		r, err := v.loadSecret(ctx, v.db, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := v.openCredential(ctx, r)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: credential does not round-trip (%v)", name, err)
+		}
+		if bytes.Contains(r.credential, want[:16]) || bytes.Contains(r.wrappedDEK, want[:16]) {
+			t.Fatalf("%s: plaintext in the stored columns", name)
+		}
+	}
+	// Flush everything to the files, then scan them for the plaintexts.
+	if _, err := v.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(filepath.Dir(v.path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyBody := key[40 : len(key)-40] // inside the PEM armour
+	for _, e := range entries {
+		raw, err := os.ReadFile(filepath.Join(filepath.Dir(v.path), e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(raw, []byte(password)) || bytes.Contains(raw, keyBody) {
+			t.Fatalf("%s holds a credential in the clear", e.Name())
+		}
+	}
+}
+
+func TestCredentialBoundToRow(t *testing.T) {
+	tests := map[string]string{
+		"host redirected":     `UPDATE secrets SET host = 'evil.example' WHERE name = 'web01'`,
+		"port changed":        `UPDATE secrets SET port = 2222 WHERE name = 'web01'`,
+		"user changed":        `UPDATE secrets SET username = 'admin' WHERE name = 'web01'`,
+		"host key cleared":    `UPDATE secrets SET host_key = NULL, pin_on_first_use = 1 WHERE name = 'web01'`,
+		"credential swapped":  `UPDATE secrets SET credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+		"data key swapped":    `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+		"both swapped":        `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02'), credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+	}
+	for name, stmt := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := newTestVault(t)
+			ctx := context.Background()
+			for _, n := range []string{"web01", "web02"} {
+				if err := v.AddSecret(ctx, passwordSecret(t, n, "password-of-"+n, "alice")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := v.db.Exec(stmt); err != nil {
+				t.Fatal(err)
+			}
+			r, err := v.loadSecret(ctx, v.db, "web01")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cred, err := v.openCredential(ctx, r); err == nil {
+				t.Fatalf("tampered row still opens (to %q)", cred)
+			}
+		})
+	}
+}
+
+func TestAddSecretValidation(t *testing.T) {
+	hostKey := authorizedLine(newHostKey(t))
+	base := func() SecretSpec {
+		return SecretSpec{Name: "web01", Host: "web01.corp.example", Port: 22, Username: "root",
+			Password: []byte("pw"), HostKey: hostKey, Allow: []string{"alice"}}
+	}
+	tests := []struct {
+		name   string
+		mutate func(*SecretSpec)
+		field  string
+	}{
+		{"bad name", func(s *SecretSpec) { s.Name = "web@01" }, "name"},
+		{"empty host", func(s *SecretSpec) { s.Host = "" }, "host"},
+		{"long host", func(s *SecretSpec) { s.Host = strings.Repeat("a.", 127) }, "host"},
+		{"port too big", func(s *SecretSpec) { s.Port = 70000 }, "port"},
+		{"negative port", func(s *SecretSpec) { s.Port = -1 }, "port"},
+		{"no username", func(s *SecretSpec) { s.Username = "" }, "username"},
+		{"no credential", func(s *SecretSpec) { s.Password = nil }, "password/private_key"},
+		{"both credentials", func(s *SecretSpec) { s.PrivateKey = newPrivateKeyPEM(t) }, "password/private_key"},
+		{"bad private key", func(s *SecretSpec) { s.Password, s.PrivateKey = nil, []byte("not a key") }, "private_key"},
+		{"encrypted private key", func(s *SecretSpec) { s.Password, s.PrivateKey = nil, newEncryptedKeyPEM(t) }, "passphrase"},
+		{"no host key", func(s *SecretSpec) { s.HostKey = "" }, "host_key/pin_on_first_use"},
+		{"both host key modes", func(s *SecretSpec) { s.PinOnFirstUse = true }, "host_key/pin_on_first_use"},
+		{"bad host key", func(s *SecretSpec) { s.HostKey = "ssh-ed25519 AAAAnotbase64" }, "host_key"},
+		{"two host keys", func(s *SecretSpec) { s.HostKey = hostKey + "\n" + hostKey }, "host_key"},
+		{"host key options", func(s *SecretSpec) { s.HostKey = "no-pty " + hostKey }, "host_key"},
+		{"empty allow", func(s *SecretSpec) { s.Allow = nil }, "allow"},
+		{"bad allow entry", func(s *SecretSpec) { s.Allow = []string{"al ice"} }, "allow"},
+		{"bad group entry", func(s *SecretSpec) { s.Allow = []string{"group:"} }, "allow"},
+	}
+	v := newTestVault(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := base()
+			tt.mutate(&s)
+			err := v.AddSecret(context.Background(), s)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.field) {
+				t.Fatalf("got %v, want an ErrInvalid naming %q", err, tt.field)
+			}
+			if strings.Contains(err.Error(), "pw") && tt.field != "password/private_key" {
+				t.Fatalf("error %q may echo the credential", err)
+			}
+		})
+	}
+	s := base()
+	s.Port = 0
+	if err := v.AddSecret(context.Background(), s); err != nil {
+		t.Fatalf("valid secret refused: %v", err)
+	}
+	if info, err := v.ShowSecret(context.Background(), "web01"); err != nil || info.Port != 22 {
+		t.Fatalf("port 0 should default to 22: %+v, %v", info, err)
+	}
+	if err := v.AddSecret(context.Background(), base()); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate: %v, want ErrExists", err)
+	}
+}
+
+func TestShowListRemoveSecret(t *testing.T) {
+	v := newTestVault(t)
+	ctx := context.Background()
+	hk := newHostKey(t)
+	s := passwordSecret(t, "web01", "pw-web01", "bob", "alice", "group:ops", "alice")
+	s.HostKey = authorizedLine(hk) + " root@web01"
+	if err := v.AddSecret(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	pin := passwordSecret(t, "web02", "pw-web02", "alice")
+	pin.HostKey, pin.PinOnFirstUse = "", true
+	if err := v.AddSecret(ctx, pin); err != nil {
+		t.Fatal(err)
+	}
+	info, err := v.ShowSecret(ctx, "web01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Kind != KindPassword || info.HostKey != authorizedLine(hk) || info.HostKeyFingerprint != ssh.FingerprintSHA256(hk) ||
+		strings.Join(info.Allow, ",") != "alice,bob,group:ops" || info.Created.IsZero() {
+		t.Fatalf("ShowSecret = %+v", info)
+	}
+	list, err := v.ListSecrets(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "web01" || list[1].Name != "web02" {
+		t.Fatalf("ListSecrets = %+v, %v", list, err)
+	}
+	if list[1].HostKey != "" || !list[1].PinOnFirstUse {
+		t.Fatalf("unpinned secret shows %+v", list[1])
+	}
+	if err := v.RemoveSecret(ctx, "web01"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []func() error{
+		func() error { _, err := v.ShowSecret(ctx, "web01"); return err },
+		func() error { return v.RemoveSecret(ctx, "web01") },
+		func() error { return v.RemoveSecret(ctx, "bad name") },
+	} {
+		if err := f(); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("after removal: %v, want ErrNotFound", err)
+		}
+	}
+	var n int
+	if err := v.db.QueryRow(`SELECT count(*) FROM secret_allow WHERE secret = 'web01'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("allow entries left behind: %d, %v", n, err)
+	}
+}
+
+func TestUsers(t *testing.T) {
+	v := newTestVault(t)
+	ctx := context.Background()
+	bad := []UserSpec{
+		{Name: "", Password: []byte("password1")},
+		{Name: "a b", Password: []byte("password1")},
+		{Name: "ok", Password: []byte("short")},
+		{Name: "ok", Password: bytes.Repeat([]byte("x"), 1025)},
+		{Name: "ok", Password: []byte("password1"), Groups: []string{"a,b"}},
+	}
+	for _, u := range bad {
+		if _, err := v.AddUser(ctx, u); !errors.Is(err, ErrInvalid) {
+			t.Errorf("AddUser(%v) = %v, want ErrInvalid", u, err)
+		}
+	}
+	if uri, err := v.AddUser(ctx, UserSpec{Name: "zed", Password: []byte("password1"), Groups: []string{"b", "a"}}); err != nil || uri != "" {
+		t.Fatalf("AddUser = %q, %v", uri, err)
+	}
+	if _, err := v.AddUser(ctx, UserSpec{Name: "amy@corp.example", Password: []byte("password2"), TOTP: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.AddUser(ctx, UserSpec{Name: "zed", Password: []byte("password3")}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate user: %v", err)
+	}
+	users, err := v.ListUsers(ctx)
+	if err != nil || len(users) != 2 {
+		t.Fatalf("ListUsers = %+v, %v", users, err)
+	}
+	if users[0].Name != "amy@corp.example" || !users[0].TOTP || len(users[0].Groups) != 0 ||
+		users[1].Name != "zed" || users[1].TOTP || strings.Join(users[1].Groups, ",") != "a,b" {
+		t.Fatalf("ListUsers = %+v", users)
+	}
+	if err := v.RemoveUser(ctx, "zed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.RemoveUser(ctx, "zed"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second removal: %v", err)
+	}
+	var n int
+	if err := v.db.QueryRow(`SELECT count(*) FROM user_groups WHERE user = 'zed'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("groups left behind: %d, %v", n, err)
+	}
+}
+
+func TestSpecsRedact(t *testing.T) {
+	u := UserSpec{Name: "alice", Password: []byte("hunter2-hunter2")}
+	s := SecretSpec{Name: "web01", Password: []byte("hunter3-hunter3"), PrivateKey: []byte("-----BEGIN KEY")}
+	for _, out := range []string{
+		u.String(), u.GoString(), s.String(), s.GoString(),
+		u.LogValue().String(), s.LogValue().String(),
+	} {
+		if strings.Contains(out, "hunter") || strings.Contains(out, "BEGIN") {
+			t.Fatalf("spec printed its secret: %s", out)
+		}
+	}
+	u.Wipe()
+	s.Wipe()
+	if u.Password != nil || s.Password != nil || s.PrivateKey != nil {
+		t.Fatal("Wipe left the secret")
+	}
+}
+
+func TestSiteKey(t *testing.T) {
+	v := newTestVault(t)
+	ctx := context.Background()
+	k1, err := v.SiteKey(ctx, "dev")
+	if err != nil || len(k1) != 32 {
+		t.Fatalf("SiteKey = %d bytes, %v", len(k1), err)
+	}
+	k2, err := v.SiteKey(ctx, "dev")
+	if err != nil || !bytes.Equal(k1, k2) {
+		t.Fatal("SiteKey is not stable")
+	}
+	k3, err := v.SiteKey(ctx, "other")
+	if err != nil || bytes.Equal(k1, k3) {
+		t.Fatal("two sites share a key")
+	}
+	if _, err := v.SiteKey(ctx, "bad site"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad site name: %v", err)
+	}
+	// The stored form is wrapped: the key itself is not in the row, and the
+	// wrapping is bound to the site name.
+	var wrapped []byte
+	if err := v.db.QueryRow(`SELECT wrapped_key FROM site_keys WHERE site = 'dev'`).Scan(&wrapped); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(wrapped, k1) {
+		t.Fatal("site key stored in the clear")
+	}
+	if _, err := v.db.Exec(`UPDATE site_keys SET wrapped_key = ? WHERE site = 'other'`, wrapped); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.SiteKey(ctx, "other"); err == nil {
+		t.Fatal("a site key moved to another site still opens")
+	}
+}

@@ -1,0 +1,284 @@
+package vault
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/hsm"
+)
+
+// Named errors callers branch on. Every other error is internal: callers
+// should treat it as "unavailable" and never show its text to an end user.
+var (
+	// ErrNotFound means the named user, secret or site does not exist.
+	ErrNotFound = errors.New("vault: not found")
+	// ErrExists means a user or secret with that name already exists.
+	ErrExists = errors.New("vault: already exists")
+	// ErrDenied is returned for every failed verification (unknown user,
+	// wrong password, wrong or reused TOTP code), whatever the cause.
+	ErrDenied = errors.New("vault: access denied")
+	// ErrInvalid is wrapped by every validation error; the message names the
+	// offending field but never repeats its value.
+	ErrInvalid = errors.New("vault: invalid input")
+)
+
+// invalid returns a validation error for field.
+func invalid(field, why string) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, why)
+}
+
+// Option adjusts a Vault at Open.
+type Option func(*options)
+
+type options struct {
+	now func() time.Time
+}
+
+// WithClock replaces time.Now, for tests of TOTP steps and item expiry.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) {
+		if now != nil {
+			o.now = now
+		}
+	}
+}
+
+// Vault is the credential store. It is safe for concurrent use.
+type Vault struct {
+	db   *sql.DB
+	keys hsm.Provider
+	log  *slog.Logger
+	sink audit.Sink
+	now  func() time.Time
+
+	// hashSem bounds concurrent argon2id computations (each takes ~19 MiB).
+	hashSem chan struct{}
+	// dummyHash is verified against for unknown users so that their timing
+	// matches that of known users with a wrong password.
+	dummyHash phc
+}
+
+// Open opens (creating and migrating) the SQLite vault at path. keys must
+// be able to hold hsm.LabelKEK; Open creates that key if it is missing.
+// log receives operational messages (never secrets); sink receives audit
+// events. The database file must not be accessible to group or others, and
+// its directory (created 0700 if missing) must not be either.
+func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger, sink audit.Sink, opts ...Option) (*Vault, error) {
+	if keys == nil {
+		return nil, errors.New("vault: no key provider")
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if sink == nil {
+		sink = audit.Log{L: log}
+	}
+	o := options{now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := prepareDBFile(path); err != nil {
+		return nil, err
+	}
+	if err := keys.EnsureAESKey(ctx, hsm.LabelKEK); err != nil {
+		return nil, fmt.Errorf("vault: key-encryption key: %w", err)
+	}
+	// The _pragma parameters apply to every pooled connection, which
+	// matters for foreign_keys (a per-connection setting). _txlock=immediate
+	// takes the write lock at BEGIN, so concurrent read-modify-write
+	// transactions wait (busy_timeout) instead of failing on upgrade.
+	dsn := path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)" +
+		"&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("vault: open database: %w", err)
+	}
+	v := &Vault{
+		db:      db,
+		keys:    keys,
+		log:     log,
+		sink:    sink,
+		now:     o.now,
+		hashSem: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
+	}
+	if err := v.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	dummy, err := newPHC([]byte("sallyport-dummy-password"))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	v.dummyHash = dummy
+	return v, nil
+}
+
+// prepareDBFile creates the directory (0700) and the file (0600) before
+// SQLite touches them, and refuses ones that group or others can reach.
+// SQLite gives its -wal and -shm files the database file's mode.
+func prepareDBFile(path string) error {
+	if path == "" || strings.ContainsRune(path, '?') {
+		return fmt.Errorf("vault: database path %q is not usable", path)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("vault: database directory: %w", err)
+	}
+	di, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("vault: database directory: %w", err)
+	}
+	if di.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("vault: database directory %s: mode %v lets others in; chmod 700 it", dir, di.Mode().Perm())
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) // #nosec G304 -- operator-chosen database path
+	if err != nil {
+		return fmt.Errorf("vault: database file: %w", err)
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("vault: database file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("vault: database file %s is not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("vault: database file %s: mode %v is readable by others; chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// Close closes the database. It does not close the key provider, which the
+// caller owns.
+func (v *Vault) Close() error {
+	return v.db.Close()
+}
+
+// migrations are applied in order; migrations[i] takes the schema from
+// version i to i+1. Never edit one that has shipped: append a new one.
+var migrations = []string{
+	`
+CREATE TABLE users (
+	name           TEXT PRIMARY KEY,
+	password_hash  TEXT NOT NULL,
+	totp_seed      BLOB,               -- sealed under the KEK; NULL when TOTP is off
+	totp_last_step INTEGER NOT NULL DEFAULT 0,
+	created        INTEGER NOT NULL    -- unix nanoseconds
+) STRICT;
+CREATE TABLE user_groups (
+	user  TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+	grp   TEXT NOT NULL,
+	PRIMARY KEY (user, grp)
+) STRICT;
+CREATE TABLE secrets (
+	name             TEXT PRIMARY KEY,
+	host             TEXT NOT NULL,
+	port             INTEGER NOT NULL,
+	username         TEXT NOT NULL,
+	kind             TEXT NOT NULL CHECK (kind IN ('password', 'private-key')),
+	wrapped_dek      BLOB NOT NULL,    -- the data key, sealed under the KEK
+	credential       BLOB NOT NULL,    -- the credential, sealed under the data key
+	host_key         BLOB,             -- SSH wire format; NULL until pinned
+	pin_on_first_use INTEGER NOT NULL CHECK (pin_on_first_use IN (0, 1)),
+	created          INTEGER NOT NULL,
+	updated          INTEGER NOT NULL
+) STRICT;
+CREATE TABLE secret_allow (
+	secret TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE,
+	entry  TEXT NOT NULL,
+	PRIMARY KEY (secret, entry)
+) STRICT;
+CREATE INDEX secret_allow_entry ON secret_allow(entry);
+CREATE TABLE site_keys (
+	site        TEXT PRIMARY KEY,
+	wrapped_key BLOB NOT NULL,         -- sealed under the KEK
+	created     INTEGER NOT NULL
+) STRICT;
+`,
+}
+
+func (v *Vault) migrate(ctx context.Context) error {
+	if _, err := v.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("vault: migrate: %w", err)
+	}
+	for {
+		done, err := v.migrateOne(ctx)
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// migrateOne applies the next migration, if any, in its own transaction.
+func (v *Vault) migrateOne(ctx context.Context) (done bool, err error) {
+	tx, err := v.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("vault: migrate: %w", err)
+	}
+	defer tx.Rollback() // #nosec G104 -- no-op after Commit
+	var version int
+	err = tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return false, fmt.Errorf("vault: migrate: %w", err)
+		}
+	case err != nil:
+		return false, fmt.Errorf("vault: migrate: %w", err)
+	}
+	if version > len(migrations) || version < 0 {
+		return false, fmt.Errorf("vault: database schema version %d is newer than this sallyport (%d)", version, len(migrations))
+	}
+	if version == len(migrations) {
+		return true, tx.Commit()
+	}
+	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+		return false, fmt.Errorf("vault: migrate to version %d: %w", version+1, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, version+1); err != nil {
+		return false, fmt.Errorf("vault: migrate: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("vault: migrate: %w", err)
+	}
+	v.log.Info("vault schema migrated", slog.Int("version", version+1))
+	return false, nil
+}
+
+// seal wraps plaintext under the KEK.
+func (v *Vault) seal(ctx context.Context, plaintext []byte, aad string) ([]byte, error) {
+	out, err := v.keys.Seal(ctx, hsm.LabelKEK, plaintext, []byte(aad))
+	if err != nil {
+		return nil, fmt.Errorf("vault: seal under key-encryption key: %w", err)
+	}
+	return out, nil
+}
+
+// unseal reverses seal.
+func (v *Vault) unseal(ctx context.Context, sealed []byte, aad string) ([]byte, error) {
+	out, err := v.keys.Open(ctx, hsm.LabelKEK, sealed, []byte(aad))
+	if err != nil {
+		return nil, fmt.Errorf("vault: open under key-encryption key: %w", err)
+	}
+	return out, nil
+}
+
+// stamp converts a stored unix-nanosecond time.
+func stamp(ns int64) time.Time { return time.Unix(0, ns).UTC() }
