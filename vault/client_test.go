@@ -187,8 +187,6 @@ func TestClientRefusesOtherCAAndBadToken(t *testing.T) {
 		t.Fatal("the client trusted a server certificate it was not given")
 	}
 	// Right CA, wrong token: ErrUnauthorized.
-	_, good, _ := startTLSAPI(t)
-	_ = good
 	ca := caOf(t, url)
 	wrong, err := NewClient(url, strings.Repeat("f", 64), ca)
 	if err != nil {
@@ -208,6 +206,26 @@ func caOf(t *testing.T, url string) []byte {
 	}
 	defer conn.Close()
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: conn.ConnectionState().PeerCertificates[0].Raw})
+}
+
+func TestClientRequiresTLS13(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := EnsureTLSCert(filepath.Join(dir, "c.crt"), filepath.Join(dir, "c.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MaxVersion: tls.VersionTLS12} // #nosec G402 -- the test needs an old server
+	srv.StartTLS()
+	defer srv.Close()
+	ca, _ := os.ReadFile(filepath.Join(dir, "c.crt"))
+	c, err := NewClient(srv.URL, testToken, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ListUsers(context.Background()); err == nil || errors.As(err, new(*APIError)) {
+		t.Fatalf("talked to a TLS 1.2 server: %v", err)
+	}
 }
 
 func TestNewClientValidation(t *testing.T) {
