@@ -158,8 +158,8 @@ func (c *Credentials) List(ctx context.Context, id gw.Identity, src netip.AddrPo
 }
 
 // PinHostKey implements gateway/ssh.CredentialSource.
-func (c *Credentials) PinHostKey(ctx context.Context, id gw.Identity, secret string, key []byte) error {
-	_, err := c.call(ctx, workitem.CredentialRequest{Op: workitem.OpPin, User: id.User, Groups: id.Groups, Secret: secret, HostKey: key})
+func (c *Credentials) PinHostKey(ctx context.Context, id gw.Identity, src netip.AddrPort, secret string, key []byte) error {
+	_, err := c.call(ctx, workitem.CredentialRequest{Op: workitem.OpPin, User: id.User, Groups: id.Groups, Source: src.String(), Secret: secret, HostKey: key})
 	if errors.Is(err, gw.ErrDenied) {
 		return fmt.Errorf("host key not pinned: %w", err)
 	}

@@ -62,6 +62,7 @@ type command struct {
 	Path    string
 	Args    []string
 	Stdin   string
+	Env     []string      // added to the cleaned environment
 	Answers *answers      // nil: no askpass (prompts fail)
 	Timeout time.Duration // zero: 30 s
 }
@@ -87,7 +88,7 @@ func runCommand(c command) (r result, _ error) {
 	defer cancel()
 
 	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), c.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
 	if c.Stdin != "" {

@@ -18,10 +18,16 @@
 //   - leak_test.go: the end-of-suite scan that fails if an injected
 //     credential shows up anywhere outside the vault.
 //
-// Set SPT_E2E_KEEP=1 to keep the temporary directory (logs, data dir).
+// Every client run through the gateway connects from its own loopback
+// source address (127.0.x.y), so that the gateway's per-source failed-login
+// limit never couples one test to another.
 //
 // Run with `make test` (which runs test/setup.sh first) or, with the
 // dependencies installed and as root (the target needs a Unix account):
 //
 //	go test -race -count=1 ./test/...
+//
+// Set SPT_E2E_KEEP=1 to keep the suite's temporary directory (the sshd and
+// sallyport logs, the data dir) after a passing run; a failing end-of-suite
+// check always keeps it.
 package e2e

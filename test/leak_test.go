@@ -167,6 +167,9 @@ func (g *gateway) finalChecks(target *sshdTarget) []string {
 
 	if err := g.stop(); err != nil {
 		problems = append(problems, fmt.Sprintf("stopping sallyport dev: %v", err))
+	} else if g.waitErr != nil {
+		// Exit status 66 is the race detector's.
+		problems = append(problems, fmt.Sprintf("sallyport dev did not exit cleanly on SIGTERM: %v", g.waitErr))
 	}
 	log := g.Log()
 	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {

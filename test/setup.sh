@@ -10,6 +10,8 @@ have sshd || [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 have ssh || need_pkgs+=(openssh-client)
 have sftp || need_pkgs+=(openssh-client)
 have gcc || need_pkgs+=(gcc libc6-dev)
+# useradd, userdel, chpasswd: the e2e tests create a throwaway target account.
+have useradd || [ -x /usr/sbin/useradd ] || need_pkgs+=(passwd)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -78,6 +78,10 @@ func TestExecInjectedPassword(t *testing.T) {
 	if strings.TrimSpace(r.Stdout) != g.target.User || r.Code != 7 {
 		t.Fatalf("want exactly %q and exit code 7:\n%s\ngateway log tail:\n%s", g.target.User, r, g.LogTail(20))
 	}
+	// The end-of-suite scan also covers this output in every encoding.
+	if show := g.MustCtl(t, "", "secret", "show", secret); strings.Contains(show.Stdout+show.Stderr, g.target.Password) {
+		t.Errorf("secret show prints the password")
+	}
 }
 
 func TestExecInjectedPrivateKey(t *testing.T) {
@@ -94,6 +98,41 @@ func TestExecInjectedPrivateKey(t *testing.T) {
 	if !tgt.WaitLogCount("Accepted publickey for "+tgt.User, before) {
 		t.Errorf("the target's sshd logged no public key login for %s, so the key was not what got in:\n%s", tgt.User, tgt.LogTail(20))
 	}
+	// The end-of-suite scan checks this output for the key.
+	g.MustCtl(t, "", "secret", "show", secret)
+}
+
+// TestSecretRemoved: a removed secret disappears from the list and refuses
+// logins like any other refusal.
+func TestSecretRemoved(t *testing.T) {
+	g := env.Gateway(t)
+	secret := g.Name("gone")
+	g.AddSecret(t, secretSpec{Name: secret, Allow: []string{g.Alice.Name}})
+	listed := func() bool {
+		for _, f := range strings.Fields(g.MustCtl(t, "", "secret", "list").Stdout) {
+			if f == secret {
+				return true
+			}
+		}
+		return false
+	}
+	if !listed() {
+		t.Fatalf("secret list does not show %s", secret)
+	}
+	if r := g.SSH(t, sshRun{Login: g.Alice.Name + "@" + secret, Answers: g.Alice.Answers(), Command: "id -un"}); r.Code != 0 {
+		t.Fatalf("login before removal:\n%s", r)
+	}
+
+	g.MustCtl(t, "", "secret", "rm", secret)
+	if listed() {
+		t.Errorf("secret list still shows %s after secret rm", secret)
+	}
+	echo, marker := markerCommand()
+	r := g.SSH(t, sshRun{Login: g.Alice.Name + "@" + secret, Answers: g.Alice.Answers(), Command: echo})
+	if r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied") || strings.Contains(r.Stdout, marker) {
+		t.Fatalf("login to a removed secret: want Permission denied and exit code 255:\n%s", r)
+	}
+	g.CheckNotRateLimited(t, r)
 }
 
 // TestFileTransfer moves 100 MiB of random bytes up and down through the

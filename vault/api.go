@@ -24,7 +24,8 @@ const maxBody = 1 << 20
 // standard base64 (Go's []byte encoding), so the server decodes them
 // straight into byte slices it can wipe.
 
-// userRequest is the body of POST /v1/users.
+// userRequest is the body of POST /v1/users. Its fields mirror UserSpec
+// (keep them in step: the two convert into each other).
 type userRequest struct {
 	Name     string   `json:"name"`
 	Password []byte   `json:"password"`
@@ -42,7 +43,8 @@ type usersList struct {
 	Users []UserInfo `json:"users"`
 }
 
-// secretRequest is the body of POST /v1/secrets.
+// secretRequest is the body of POST /v1/secrets. Its fields mirror
+// SecretSpec (keep them in step: the two convert into each other).
 type secretRequest struct {
 	Name          string   `json:"name"`
 	Host          string   `json:"host"`
@@ -228,8 +230,7 @@ func (a *api) addUser(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, berr.status, apiError{Error: berr.msg})
 		return
 	}
-	spec := UserSpec{Name: req.Name, Password: req.Password, TOTP: req.TOTP, Groups: req.Groups}
-	uri, err := a.v.AddUser(r.Context(), spec)
+	uri, err := a.v.AddUser(r.Context(), UserSpec(req))
 	if errors.Is(err, ErrInvalid) {
 		a.fail(w, r, err)
 		return
@@ -269,12 +270,7 @@ func (a *api) addSecret(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, berr.status, apiError{Error: berr.msg})
 		return
 	}
-	spec := SecretSpec{
-		Name: req.Name, Host: req.Host, Port: req.Port, Username: req.Username,
-		Password: req.Password, PrivateKey: req.PrivateKey,
-		HostKey: req.HostKey, PinOnFirstUse: req.PinOnFirstUse, Allow: req.Allow,
-	}
-	err := a.v.AddSecret(r.Context(), spec)
+	err := a.v.AddSecret(r.Context(), SecretSpec(req))
 	if errors.Is(err, ErrInvalid) {
 		a.fail(w, r, err)
 		return

@@ -69,12 +69,12 @@ func createToken(path string) error {
 		return fmt.Errorf("admin token: %w", err)
 	}
 	if _, err := f.Write(text); err != nil {
-		f.Close()
-		os.Remove(path) // #nosec G104 -- best effort cleanup of a partial file
+		_ = f.Close()       // the write error is the one worth reporting
+		_ = os.Remove(path) // best effort cleanup of a partial file
 		return fmt.Errorf("admin token: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close() // the sync error is the one worth reporting
 		return fmt.Errorf("admin token: %w", err)
 	}
 	if err := f.Close(); err != nil {
@@ -111,6 +111,18 @@ func ReadToken(path string) ([]byte, error) {
 		clear(raw)
 		return nil, fmt.Errorf("admin token %s: file too large", path)
 	}
+	token, err := parseToken(raw)
+	clear(raw)
+	if err != nil {
+		return nil, fmt.Errorf("admin token %s: %w", path, err)
+	}
+	return token, nil
+}
+
+// parseToken extracts the token from a token file's bytes into a fresh
+// slice: surrounding whitespace is ignored; the rest must be 32..512
+// printable ASCII characters.
+func parseToken(raw []byte) ([]byte, error) {
 	start, end := 0, len(raw)
 	for start < end && isSpace(raw[start]) {
 		start++
@@ -118,19 +130,15 @@ func ReadToken(path string) ([]byte, error) {
 	for end > start && isSpace(raw[end-1]) {
 		end--
 	}
-	token := append([]byte(nil), raw[start:end]...)
-	clear(raw)
-	if len(token) < minToken || len(token) > maxToken {
-		clear(token)
-		return nil, fmt.Errorf("admin token %s: must be %d..%d characters", path, minToken, maxToken)
+	if end-start < minToken || end-start > maxToken {
+		return nil, fmt.Errorf("must be %d..%d characters", minToken, maxToken)
 	}
-	for _, c := range token {
+	for _, c := range raw[start:end] {
 		if c <= ' ' || c > '~' {
-			clear(token)
-			return nil, fmt.Errorf("admin token %s: must be printable ASCII without spaces", path)
+			return nil, errors.New("must be printable ASCII without spaces")
 		}
 	}
-	return token, nil
+	return append([]byte(nil), raw[start:end]...), nil
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
@@ -256,15 +264,15 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	defer os.Remove(tmp.Name()) // #nosec G104 -- best effort; gone after rename
 	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
+		_ = tmp.Close() // the first error is the one worth reporting
 		return err
 	}
 	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
+		_ = tmp.Close() // the first error is the one worth reporting
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+		_ = tmp.Close() // the first error is the one worth reporting
 		return err
 	}
 	if err := tmp.Close(); err != nil {

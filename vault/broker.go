@@ -31,8 +31,6 @@ const (
 	replyTTL = 30 * time.Second
 	// maxReplyTo bounds a request's reply queue name.
 	maxReplyTo = 128
-	// maxSource bounds the client address recorded in audit events.
-	maxSource = 256
 )
 
 // ServeCredentials answers sealed credential requests consumed from queue
@@ -78,9 +76,10 @@ func (v *Vault) ServeCredentials(ctx context.Context, conn connector.Connector, 
 	return fmt.Errorf("vault: serve credentials on %q: %w", queue, err)
 }
 
-// logSafe shortens an untrusted header field for a log line.
+// logSafe bounds an untrusted string for a log line or audit event; every
+// valid name (≤128 bytes) passes unchanged.
 func logSafe(s string) string {
-	const max = 64
+	const max = 256
 	s = strings.ToValidUTF8(s, "?")
 	if len(s) > max {
 		s = s[:max] + "…"
@@ -173,12 +172,11 @@ func validReplyTo(q string) bool {
 // errors become RefusedUnavailable and are logged here.
 func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.CredentialRequest) *workitem.CredentialReply {
 	ev := audit.Event{
-		User: req.User, Source: logSafeSource(req.Source), Secret: req.Secret,
+		User: logSafe(req.User), Source: logSafe(req.Source), Secret: logSafe(req.Secret),
 		Attrs: []slog.Attr{slog.String("site", h.Site), slog.String("item", logSafe(h.ID))},
 	}
 	denied := &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 	if !ValidUserName(req.User) || len(req.Groups) > maxGroups {
-		ev.User = logSafe(req.User)
 		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 		ev.Attrs = append(ev.Attrs, slog.String("reason", "invalid user or groups"))
 		v.sink.Record(ctx, ev)
@@ -219,15 +217,6 @@ func auditKind(op workitem.Op) string {
 	return "credential_request"
 }
 
-// logSafeSource bounds the client address recorded in audit events.
-func logSafeSource(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) > maxSource {
-		s = s[:maxSource]
-	}
-	return s
-}
-
 // authorize loads secret and checks the allow list. It returns nil and a
 // refusal reply (already audited) when the request must not go on.
 func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) (*secretRow, *workitem.CredentialReply) {
@@ -244,7 +233,6 @@ func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.Cre
 		return nil, &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 	}
 	if !ValidSecretName(req.Secret) {
-		ev.Secret = logSafe(req.Secret)
 		return deny("invalid secret name")
 	}
 	r, err := v.loadSecret(ctx, v.db, req.Secret)

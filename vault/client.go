@@ -177,7 +177,7 @@ func sanitize(s string) string {
 // AddUser creates a local gateway user; see Vault.AddUser.
 func (c *Client) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err error) {
 	var out userCreated
-	err = c.do(ctx, http.MethodPost, "/v1/users", userRequest{Name: u.Name, Password: u.Password, TOTP: u.TOTP, Groups: u.Groups},
+	err = c.do(ctx, http.MethodPost, "/v1/users", userRequest(u),
 		http.StatusCreated, &out)
 	return out.OTPAuthURI, err
 }
@@ -200,11 +200,7 @@ func (c *Client) RemoveUser(ctx context.Context, name string) error {
 // (without the credential).
 func (c *Client) AddSecret(ctx context.Context, s SecretSpec) (SecretInfo, error) {
 	var out SecretInfo
-	err := c.do(ctx, http.MethodPost, "/v1/secrets", secretRequest{
-		Name: s.Name, Host: s.Host, Port: s.Port, Username: s.Username,
-		Password: s.Password, PrivateKey: s.PrivateKey,
-		HostKey: s.HostKey, PinOnFirstUse: s.PinOnFirstUse, Allow: s.Allow,
-	}, http.StatusCreated, &out)
+	err := c.do(ctx, http.MethodPost, "/v1/secrets", secretRequest(s), http.StatusCreated, &out)
 	return out, err
 }
 

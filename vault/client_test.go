@@ -266,3 +266,25 @@ func TestClientErrorSanitised(t *testing.T) {
 		t.Fatal("500 unwraps to ErrInvalid")
 	}
 }
+
+// FuzzParseToken: token files are operator-written bytes. The parser never
+// panics, and what it accepts is printable ASCII within the bounds.
+func FuzzParseToken(f *testing.F) {
+	f.Add([]byte(testToken + "\n"))
+	f.Add([]byte("  \t" + testToken + "\r\n"))
+	f.Add([]byte("short"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		tok, err := parseToken(raw)
+		if err != nil {
+			return
+		}
+		if len(tok) < minToken || len(tok) > maxToken || !bytes.Contains(raw, tok) {
+			t.Fatalf("bad token accepted from %q", raw)
+		}
+		for _, c := range tok {
+			if c <= ' ' || c > '~' {
+				t.Fatalf("token with byte %#x accepted", c)
+			}
+		}
+	})
+}

@@ -33,33 +33,33 @@ func TestPHCRoundTrip(t *testing.T) {
 }
 
 func TestParsePHCRejects(t *testing.T) {
-	const salt = "c2FsdHNhbHRzYWx0c2FsdA"                      // 16 bytes
+	const salt = "c2FsdHNhbHRzYWx0c2FsdA"                     // 16 bytes
 	const key = "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U" // 32 bytes
 	good := "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "$" + key
 	if _, err := parsePHC(good); err != nil {
 		t.Fatalf("good string refused: %v", err)
 	}
 	tests := map[string]string{
-		"empty":            "",
-		"argon2i":          "$argon2i$v=19$m=19456,t=2,p=1$" + salt + "$" + key,
-		"old version":      "$argon2id$v=16$m=19456,t=2,p=1$" + salt + "$" + key,
-		"huge memory":      "$argon2id$v=19$m=4194304,t=2,p=1$" + salt + "$" + key,
-		"huge time":        "$argon2id$v=19$m=19456,t=1000,p=1$" + salt + "$" + key,
-		"many threads":     "$argon2id$v=19$m=19456,t=2,p=255$" + salt + "$" + key,
-		"zero time":        "$argon2id$v=19$m=19456,t=0,p=1$" + salt + "$" + key,
-		"leading zero":     "$argon2id$v=19$m=019456,t=2,p=1$" + salt + "$" + key,
-		"plus sign":        "$argon2id$v=19$m=+19456,t=2,p=1$" + salt + "$" + key,
-		"overflow":         "$argon2id$v=19$m=99999999999,t=2,p=1$" + salt + "$" + key,
-		"memory < 8p":      "$argon2id$v=19$m=8,t=2,p=2$" + salt + "$" + key,
-		"reordered":        "$argon2id$v=19$t=2,m=19456,p=1$" + salt + "$" + key,
-		"missing param":    "$argon2id$v=19$m=19456,t=2$" + salt + "$" + key,
-		"padded salt":      "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "==$" + key,
-		"short salt":       "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$" + key,
-		"short key":        "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "$a2V5",
-		"bad base64":       "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "$" + key[:len(key)-1] + "!",
-		"trailing field":   good + "$x",
+		"empty":             "",
+		"argon2i":           "$argon2i$v=19$m=19456,t=2,p=1$" + salt + "$" + key,
+		"old version":       "$argon2id$v=16$m=19456,t=2,p=1$" + salt + "$" + key,
+		"huge memory":       "$argon2id$v=19$m=4194304,t=2,p=1$" + salt + "$" + key,
+		"huge time":         "$argon2id$v=19$m=19456,t=1000,p=1$" + salt + "$" + key,
+		"many threads":      "$argon2id$v=19$m=19456,t=2,p=255$" + salt + "$" + key,
+		"zero time":         "$argon2id$v=19$m=19456,t=0,p=1$" + salt + "$" + key,
+		"leading zero":      "$argon2id$v=19$m=019456,t=2,p=1$" + salt + "$" + key,
+		"plus sign":         "$argon2id$v=19$m=+19456,t=2,p=1$" + salt + "$" + key,
+		"overflow":          "$argon2id$v=19$m=99999999999,t=2,p=1$" + salt + "$" + key,
+		"memory < 8p":       "$argon2id$v=19$m=8,t=2,p=2$" + salt + "$" + key,
+		"reordered":         "$argon2id$v=19$t=2,m=19456,p=1$" + salt + "$" + key,
+		"missing param":     "$argon2id$v=19$m=19456,t=2$" + salt + "$" + key,
+		"padded salt":       "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "==$" + key,
+		"short salt":        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$" + key,
+		"short key":         "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "$a2V5",
+		"bad base64":        "$argon2id$v=19$m=19456,t=2,p=1$" + salt + "$" + key[:len(key)-1] + "!",
+		"trailing field":    good + "$x",
 		"no leading dollar": good[1:],
-		"too long":         good + strings.Repeat("A", 300),
+		"too long":          good + strings.Repeat("A", 300),
 	}
 	for name, s := range tests {
 		t.Run(name, func(t *testing.T) {

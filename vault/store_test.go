@@ -43,14 +43,14 @@ func TestOpenRefusesLoosePermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	loose := filepath.Join(dir, "loose")
-	if err := os.Mkdir(loose, 0o755); err != nil {
+	if err := os.Mkdir(loose, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(loose, 0o755); err != nil { // #nosec G302 -- the test needs a loose directory
+	if err := os.Chmod(loose, 0o775); err != nil { // #nosec G302 -- the test needs a loose directory
 		t.Fatal(err)
 	}
 	if _, err := Open(ctx, filepath.Join(loose, "vault.db"), keys, discardLogger(), nil); err == nil {
-		t.Error("opened a database in a directory others can enter")
+		t.Error("opened a database in a directory others can write")
 	}
 	private := filepath.Join(dir, "private")
 	if err := os.Mkdir(private, 0o700); err != nil {
@@ -146,13 +146,13 @@ func TestSecretRoundTripAndNoPlaintextOnDisk(t *testing.T) {
 
 func TestCredentialBoundToRow(t *testing.T) {
 	tests := map[string]string{
-		"host redirected":     `UPDATE secrets SET host = 'evil.example' WHERE name = 'web01'`,
-		"port changed":        `UPDATE secrets SET port = 2222 WHERE name = 'web01'`,
-		"user changed":        `UPDATE secrets SET username = 'admin' WHERE name = 'web01'`,
-		"host key cleared":    `UPDATE secrets SET host_key = NULL, pin_on_first_use = 1 WHERE name = 'web01'`,
-		"credential swapped":  `UPDATE secrets SET credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
-		"data key swapped":    `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
-		"both swapped":        `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02'), credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+		"host redirected":    `UPDATE secrets SET host = 'evil.example' WHERE name = 'web01'`,
+		"port changed":       `UPDATE secrets SET port = 2222 WHERE name = 'web01'`,
+		"user changed":       `UPDATE secrets SET username = 'admin' WHERE name = 'web01'`,
+		"host key cleared":   `UPDATE secrets SET host_key = NULL, pin_on_first_use = 1 WHERE name = 'web01'`,
+		"credential swapped": `UPDATE secrets SET credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+		"data key swapped":   `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
+		"both swapped":       `UPDATE secrets SET wrapped_dek = (SELECT wrapped_dek FROM secrets WHERE name = 'web02'), credential = (SELECT credential FROM secrets WHERE name = 'web02') WHERE name = 'web01'`,
 	}
 	for name, stmt := range tests {
 		t.Run(name, func(t *testing.T) {

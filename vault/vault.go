@@ -74,7 +74,7 @@ type Vault struct {
 // be able to hold hsm.LabelKEK; Open creates that key if it is missing.
 // log receives operational messages (never secrets); sink receives audit
 // events. The database file must not be accessible to group or others, and
-// its directory (created 0700 if missing) must not be either.
+// its directory (created 0700 if missing) must not be writable by them.
 func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger, sink audit.Sink, opts ...Option) (*Vault, error) {
 	if keys == nil {
 		return nil, errors.New("vault: no key provider")
@@ -89,7 +89,7 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if err := prepareDBFile(path); err != nil {
+	if err := prepareDBFile(path, log); err != nil {
 		return nil, err
 	}
 	if err := keys.EnsureAESKey(ctx, hsm.LabelKEK); err != nil {
@@ -114,12 +114,12 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 		hashSem: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 	}
 	if err := v.migrate(ctx); err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one worth reporting
 		return nil, err
 	}
 	dummy, err := newPHC([]byte("sallyport-dummy-password"))
 	if err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one worth reporting
 		return nil, err
 	}
 	v.dummyHash = dummy
@@ -127,9 +127,10 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 }
 
 // prepareDBFile creates the directory (0700) and the file (0600) before
-// SQLite touches them, and refuses ones that group or others can reach.
+// SQLite touches them, and refuses a file that group or others can read, or
+// a directory they can write.
 // SQLite gives its -wal and -shm files the database file's mode.
-func prepareDBFile(path string) error {
+func prepareDBFile(path string, log *slog.Logger) error {
 	if path == "" || strings.ContainsRune(path, '?') {
 		return fmt.Errorf("vault: database path %q is not usable", path)
 	}
@@ -141,15 +142,21 @@ func prepareDBFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("vault: database directory: %w", err)
 	}
+	// Others who can write the directory could swap the database or its
+	// WAL for their own: refuse. Merely listing it reveals only file names,
+	// so that gets a warning.
+	if di.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("vault: database directory %s: mode %v lets others write to it; chmod 700 it", dir, di.Mode().Perm())
+	}
 	if di.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("vault: database directory %s: mode %v lets others in; chmod 700 it", dir, di.Mode().Perm())
+		log.Warn("vault database directory is readable by others; chmod 700 it", slog.String("dir", dir))
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) // #nosec G304 -- operator-chosen database path
 	if err != nil {
 		return fmt.Errorf("vault: database file: %w", err)
 	}
 	fi, err := f.Stat()
-	f.Close()
+	_ = f.Close() // opened only to create it; nothing was written
 	if err != nil {
 		return fmt.Errorf("vault: database file: %w", err)
 	}

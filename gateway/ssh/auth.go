@@ -101,10 +101,11 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 	ctx := c.ctx
 	log := c.log()
 	ev := audit.Event{Kind: "login", User: login, Source: c.src.String()}
+	userKey := login // the gateway user once parsed
 	refuse := func(reason string, err error, count bool) (*gossh.Permissions, error) {
 		if count {
 			c.srv.srcLimit.fail(c.src.Addr().String())
-			c.srv.userLimit.fail(login)
+			c.srv.userLimit.fail(userKey)
 		}
 		cfg.Metrics.login(false)
 		ev.Outcome = "denied"
@@ -113,12 +114,15 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 		return nil, errLoginRefused
 	}
 
+	// The per-user limit is keyed on the gateway user alone, so varying the
+	// secret part of the login does not buy more guesses.
 	user, secret, err := ParseLogin(login)
 	if err != nil {
 		return refuse("bad login name", nil, true)
 	}
+	userKey = user
 	ev.User, ev.Secret = user, secret
-	if !c.srv.srcLimit.allow(c.src.Addr().String()) || !c.srv.userLimit.allow(login) {
+	if !c.srv.srcLimit.allow(c.src.Addr().String()) || !c.srv.userLimit.allow(userKey) {
 		log.Warn("failed-login limit reached; refusing without checking", "user", user)
 		return refuse("rate limited", nil, false)
 	}

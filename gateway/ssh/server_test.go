@@ -164,7 +164,7 @@ func (f *fakeCreds) List(_ context.Context, id Identity, _ netip.AddrPort) ([]st
 	return out, nil
 }
 
-func (f *fakeCreds) PinHostKey(_ context.Context, _ Identity, secret string, key []byte) error {
+func (f *fakeCreds) PinHostKey(_ context.Context, _ Identity, _ netip.AddrPort, secret string, key []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pinned = append(f.pinned, key)
@@ -435,6 +435,20 @@ func TestRateLimit(t *testing.T) {
 	}
 	if _, err := f.dial("alice@web01", "alice-pw"); err == nil {
 		t.Fatal("right password accepted while rate limited")
+	}
+}
+
+func TestRateLimitPerUserIgnoresSecret(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.FailedLoginBurst = 4; c.FailedLoginEvery = time.Hour })
+	// Per-user burst is half the per-source one: 2. Varying the secret part
+	// must not reset it.
+	for _, login := range []string{"alice@a", "alice@b"} {
+		if _, err := f.dial(login, "wrong"); err == nil {
+			t.Fatal("wrong password accepted")
+		}
+	}
+	if _, err := f.dial("alice@web01", "alice-pw"); err == nil {
+		t.Fatal("right password accepted while the user is rate limited")
 	}
 }
 

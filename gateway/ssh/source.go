@@ -61,7 +61,7 @@ type CredentialSource interface {
 	List(ctx context.Context, id Identity, source netip.AddrPort) ([]string, error)
 	// PinHostKey records key (SSH wire format) as the target host key of
 	// secret on first use. It fails if another key is already pinned.
-	PinHostKey(ctx context.Context, id Identity, secret string, key []byte) error
+	PinHostKey(ctx context.Context, id Identity, source netip.AddrPort, secret string, key []byte) error
 }
 
 // LocalUsers is the part of the vault's user store the local authenticator uses.

@@ -143,7 +143,7 @@ func (c *conn) checkHostKey(ctx context.Context, cred *workitem.Credential) goss
 		if !cred.PinOnFirstUse {
 			return fmt.Errorf("%w: no key pinned", errHostKeyMismatch)
 		}
-		if err := c.srv.cfg.Credentials.PinHostKey(ctx, c.id, c.secret, got); err != nil {
+		if err := c.srv.cfg.Credentials.PinHostKey(ctx, c.id, c.src, c.secret, got); err != nil {
 			log.Error("pinning target host key on first use failed", "err", err)
 			return fmt.Errorf("%w: %v", errHostKeyMismatch, err)
 		}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/hsm"
+	"github.com/sallyport/sallyport/vault"
+)
+
+// ctlEnvForTest is a vault API over TLS and a data directory laid out the
+// way `sallyport dev` leaves it.
+type ctlTestEnv struct {
+	dir string
+	v   *vault.Vault
+}
+
+func startCtlEnv(t *testing.T) *ctlTestEnv {
+	t.Helper()
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	keys, err := hsm.OpenSoft(filepath.Join(dir, "keystore.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(context.Background(), filepath.Join(dir, "vault.db"), keys, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	sum, err := vault.EnsureToken(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := vault.EnsureTLSCert(filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(vault.NewAPI(v, sum, nil, log))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	if err := os.WriteFile(filepath.Join(dir, "api.addr"), []byte(srv.URL+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &ctlTestEnv{dir: dir, v: v}
+}
+
+type ctlResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// run calls ctlMain with --data pointing at the environment.
+func (e *ctlTestEnv) run(stdin string, args ...string) ctlResult {
+	var out, errOut bytes.Buffer
+	code := ctlMain(append([]string{"--data", e.dir}, args...), strings.NewReader(stdin), &out, &errOut)
+	return ctlResult{code, out.String(), errOut.String()}
+}
+
+func hostKeyLine(t *testing.T) string {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) + " root@target"
+}
+
+func TestCtlUsersAndSecrets(t *testing.T) {
+	e := startCtlEnv(t)
+	const userPW = "Gateway-User-Pa55word"
+	const targetPW = "Target-Acc0unt-Pa55word"
+	var transcript strings.Builder
+	must := func(stdin string, args ...string) ctlResult {
+		t.Helper()
+		r := e.run(stdin, args...)
+		transcript.WriteString(r.stdout + r.stderr)
+		if r.code != 0 {
+			t.Fatalf("ctl %v: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
+		}
+		return r
+	}
+
+	r := must(userPW+"\n", "user", "add", "alice@corp.example", "--password-stdin", "--totp", "--groups", "ops, dba")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "otpauth://totp/Sallyport:alice@corp.example?secret=") {
+		t.Fatalf("stdout should be the otpauth URI alone: %q", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "authenticator") {
+		t.Errorf("no hint on stderr: %q", r.stderr)
+	}
+	// The NAME may come after the flags too; CRLF line endings are fine.
+	r = must(userPW+"\r\nignored second line\n", "user", "add", "--password-stdin", "bob")
+	if r.stdout != "" {
+		t.Errorf("user add without --totp printed %q", r.stdout)
+	}
+	if _, _, err := e.v.VerifyPassword(context.Background(), "bob", []byte(userPW)); err != nil {
+		t.Fatalf("bob's password did not arrive intact: %v", err)
+	}
+
+	r = must("", "user", "list")
+	if !strings.Contains(r.stdout, "NAME") || !strings.Contains(r.stdout, "alice@corp.example") || !strings.Contains(r.stdout, "dba,ops") {
+		t.Fatalf("user list:\n%s", r.stdout)
+	}
+
+	hk := hostKeyLine(t)
+	must(targetPW+"\n", "secret", "add", "web01", "--host", "127.0.0.1", "--port", "2222", "--username", "root",
+		"--password-stdin", "--host-key", hk, "--allow", "alice@corp.example,group:ops")
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(block)
+	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	must("", "secret", "add", "db01", "--host", "db01.corp.example", "--username", "postgres",
+		"--private-key-file", keyFile, "--pin-on-first-use", "--allow", "bob")
+
+	r = must("", "secret", "list")
+	for _, want := range []string{"NAME", "web01", "root@127.0.0.1:2222", "SHA256:", "db01", "pin on first use", "alice@corp.example,group:ops"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("secret list lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = must("", "secret", "show", "web01")
+	for _, want := range []string{"name:", "web01", "2222", "ssh-ed25519 AAAA", "password", "allow:"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("secret show lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	must("", "secret", "show", "db01")
+	must("", "secret", "rm", "web01")
+	must("", "user", "rm", "bob")
+
+	r = e.run("", "secret", "rm", "web01")
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "sallyport ctl: ") || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("removing a missing secret: %+v", r)
+	}
+	r = e.run(userPW+"\n", "user", "add", "alice@corp.example", "--password-stdin")
+	if r.code != 1 || !strings.Contains(r.stderr, "already exists") {
+		t.Fatalf("duplicate user: %+v", r)
+	}
+	transcript.WriteString(r.stdout + r.stderr)
+
+	all := transcript.String()
+	for _, s := range []string{userPW, targetPW, string(keyPEM[40:80])} {
+		if strings.Contains(all, s) {
+			t.Fatal("a secret appears in ctl output")
+		}
+	}
+}
+
+func TestCtlUsageErrors(t *testing.T) {
+	e := startCtlEnv(t)
+	hk := hostKeyLine(t)
+	tests := []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+	}{
+		{"no command", "", nil, 2},
+		{"half a command", "", []string{"user"}, 2},
+		{"unknown command", "", []string{"user", "frob"}, 2},
+		{"password in argv", "", []string{"user", "add", "alice", "--password", "hunter22"}, 2},
+		{"no --password-stdin", "", []string{"user", "add", "alice"}, 2},
+		{"no name", "pw\n", []string{"user", "add", "--password-stdin"}, 2},
+		{"two names", "", []string{"user", "rm", "a", "b"}, 2},
+		{"list takes no name", "", []string{"secret", "list", "x"}, 2},
+		{"secret without host", "pw\n", []string{"secret", "add", "s", "--username", "u", "--password-stdin", "--host-key", hk, "--allow", "a"}, 2},
+		{"both credentials", "pw\n", []string{"secret", "add", "s", "--host", "h", "--username", "u", "--password-stdin", "--private-key-file", "f", "--host-key", hk, "--allow", "a"}, 2},
+		{"both host key modes", "pw\n", []string{"secret", "add", "s", "--host", "h", "--username", "u", "--password-stdin", "--host-key", hk, "--pin-on-first-use", "--allow", "a"}, 2},
+		{"no allow", "pw\n", []string{"secret", "add", "s", "--host", "h", "--username", "u", "--password-stdin", "--pin-on-first-use"}, 2},
+		{"bad port", "pw\n", []string{"secret", "add", "s", "--host", "h", "--port", "0", "--username", "u", "--password-stdin", "--pin-on-first-use", "--allow", "a"}, 2},
+		{"empty password", "\n", []string{"user", "add", "carol", "--password-stdin"}, 1},
+		{"short password", "short\n", []string{"user", "add", "carol", "--password-stdin"}, 1},
+		{"bad host key", "pw-pw-pw\n", []string{"secret", "add", "s", "--host", "h", "--username", "u", "--password-stdin", "--host-key", "ssh-ed25519 nope", "--allow", "a"}, 1},
+		{"missing key file", "", []string{"secret", "add", "s", "--host", "h", "--username", "u", "--private-key-file", "/nonexistent/key", "--pin-on-first-use", "--allow", "a"}, 1},
+		{"help", "", []string{"-h"}, 0},
+		{"subcommand help", "", []string{"secret", "add", "-h"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.run(tt.stdin, tt.args...)
+			if r.code != tt.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, tt.code, r.stdout, r.stderr)
+			}
+			if tt.code != 0 && !strings.HasPrefix(r.stderr, "sallyport ctl: ") {
+				t.Fatalf("stderr lacks the prefix: %q", r.stderr)
+			}
+			if strings.Contains(r.stdout+r.stderr, "hunter22") {
+				t.Fatal("the argv password was echoed")
+			}
+		})
+	}
+}
+
+func TestCtlConnectionSettings(t *testing.T) {
+	e := startCtlEnv(t)
+	// Explicit flags instead of the data directory.
+	addr, _ := os.ReadFile(filepath.Join(e.dir, "api.addr"))
+	var out, errOut bytes.Buffer
+	code := ctlMain([]string{"--data", t.TempDir(), "--vault", strings.TrimSpace(string(addr)),
+		"--token-file", filepath.Join(e.dir, "admin.token"), "--ca-file", filepath.Join(e.dir, "api.crt"), "user", "list"},
+		strings.NewReader(""), &out, &errOut)
+	if code != 0 {
+		t.Fatalf("explicit connection flags: exit %d: %s", code, errOut.String())
+	}
+	// No data directory: a clear error.
+	code = ctlMain([]string{"--data", t.TempDir(), "user", "list"}, strings.NewReader(""), &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "api.addr") {
+		t.Fatalf("missing api.addr: exit %d: %s", code, errOut.String())
+	}
+	// A token file others can read is refused.
+	if err := os.Chmod(filepath.Join(e.dir, "admin.token"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("", "user", "list"); r.code != 1 || !strings.Contains(r.stderr, "chmod 600") {
+		t.Fatalf("loose token file: %+v", r)
+	}
+}
+
+func TestReadPasswordLine(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"secret\n", "secret", true},
+		{"secret\r\nmore", "secret", true},
+		{"no newline", "no newline", true},
+		{"\n", "", false},
+		{"", "", false},
+		{strings.Repeat("x", ctlMaxPasswordLine) + "\n", strings.Repeat("x", ctlMaxPasswordLine), true},
+		{strings.Repeat("x", ctlMaxPasswordLine+1), "", false},
+	}
+	for _, tt := range tests {
+		r := strings.NewReader(tt.in)
+		got, err := readPasswordLine(r)
+		if (err == nil) != tt.ok || string(got) != tt.want {
+			t.Errorf("readPasswordLine(%.20q) = %.20q, %v", tt.in, got, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "xxxx") {
+			t.Error("error echoes the input")
+		}
+	}
+	// Nothing past the first line is consumed.
+	r := strings.NewReader("first\nsecond\n")
+	if _, err := readPasswordLine(r); err != nil {
+		t.Fatal(err)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "second\n" {
+		t.Fatalf("consumed past the line: %q left", rest)
+	}
+}
+
+// FuzzReadPasswordLine: stdin is untrusted input; the reader never panics,
+// never returns more than the bound, an empty password or a line ending.
+func FuzzReadPasswordLine(f *testing.F) {
+	f.Add([]byte("secret\n"))
+	f.Add([]byte("a\r\n"))
+	f.Add([]byte("\r"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := readPasswordLine(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		if len(got) == 0 || len(got) > ctlMaxPasswordLine || bytes.ContainsRune(got, '\n') {
+			t.Fatalf("readPasswordLine(%q) = %q", in, got)
+		}
+		if !bytes.HasPrefix(in, got) {
+			t.Fatalf("result %q is not the start of %q", got, in)
+		}
+	})
+}
