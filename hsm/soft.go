@@ -122,15 +122,15 @@ func (s *Soft) save() error {
 	}
 	defer os.Remove(tmp.Name()) // #nosec G104 -- best effort; gone after rename
 	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return fmt.Errorf("soft keystore: %w", err)
 	}
 	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return fmt.Errorf("soft keystore: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return fmt.Errorf("soft keystore: %w", err)
 	}
 	if err := tmp.Close(); err != nil {

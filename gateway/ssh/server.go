@@ -256,7 +256,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		return nil
 	case <-ctx.Done():
-		s.Close()
+		_ = s.Close()
 		<-done
 		return ctx.Err()
 	}

@@ -153,15 +153,11 @@ func (c *conn) refuse(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request,
 
 // allowedEnv is the allow-list of environment variables passed to targets.
 func allowedEnv(payload []byte) bool {
-	if len(payload) < 4 {
+	var kv struct{ Name, Value string }
+	if err := gossh.Unmarshal(payload, &kv); err != nil {
 		return false
 	}
-	n := binary.BigEndian.Uint32(payload)
-	if uint64(n) > uint64(len(payload)-4) {
-		return false
-	}
-	name := string(payload[4 : 4+n])
-	return name == "LANG" || strings.HasPrefix(name, "LC_")
+	return kv.Name == "LANG" || strings.HasPrefix(kv.Name, "LC_")
 }
 
 // relaySession joins one client session channel to a new session channel on
