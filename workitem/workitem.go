@@ -81,7 +81,7 @@ func encodeHeader(h Header) ([]byte, error) {
 	b = append(b, magic...)
 	b = append(b, h.Version, byte(h.Kind))
 	b = binary.BigEndian.AppendUint64(b, uint64(h.Expiry.UnixMilli())) // #nosec G115 -- two's complement round-trips
-	b = append(b, byte(len(h.Site))) // #nosec G115 -- checked ≤ 255 above
+	b = append(b, byte(len(h.Site)))                                   // #nosec G115 -- checked ≤ 255 above
 	b = append(b, h.Site...)
 	b = append(b, byte(len(h.ID))) // #nosec G115 -- checked ≤ 255 above
 	b = append(b, h.ID...)
