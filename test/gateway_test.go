@@ -189,7 +189,7 @@ func (g *gateway) record(r result) {
 
 // Ctl runs `sallyport ctl --data DIR args...` with stdin and returns its
 // result whatever the exit code.
-func (g *gateway) Ctl(t *testing.T, stdin string, args ...string) result {
+func (g *gateway) Ctl(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
 	r, err := g.ctl(stdin, args...)
 	if err != nil {
@@ -199,7 +199,7 @@ func (g *gateway) Ctl(t *testing.T, stdin string, args ...string) result {
 }
 
 // MustCtl is Ctl that fails the test unless the command exits 0.
-func (g *gateway) MustCtl(t *testing.T, stdin string, args ...string) result {
+func (g *gateway) MustCtl(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
 	r := g.Ctl(t, stdin, args...)
 	if r.Code != 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,13 +21,15 @@ var env *suite
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
-	s, err := newSuite()
+	flag.Parse()
+	s, err := newSuite(benchmarksRequested())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: e2e setup: %v\n", err)
 		return 1
 	}
 	env = s
 	code := m.Run()
+	printBenchSummary()
 	if problems := s.finish(); len(problems) > 0 {
 		fmt.Fprintf(os.Stderr, "\nFAIL: e2e end-of-suite checks found %d problem(s):\n", len(problems))
 		for _, p := range problems {
@@ -43,7 +46,7 @@ func runMain(m *testing.M) int {
 type suite struct {
 	dir string // removed at the end
 
-	bin      string // sallyport built with -race
+	bin      string // sallyport built with -race (optimized, without it, for benchmarks)
 	buildErr error
 
 	targetOnce sync.Once
@@ -58,13 +61,20 @@ type suite struct {
 	askpassFile string
 }
 
-func newSuite() (*suite, error) {
+// benchmarksRequested reports whether -test.bench selects benchmarks: they
+// must measure an optimized binary, not one built with the race detector.
+func benchmarksRequested() bool {
+	f := flag.Lookup("test.bench")
+	return f != nil && f.Value.String() != ""
+}
+
+func newSuite(forBench bool) (*suite, error) {
 	dir, err := os.MkdirTemp("", "sallyport-e2e-")
 	if err != nil {
 		return nil, err
 	}
 	s := &suite{dir: dir, bin: filepath.Join(dir, "sallyport")}
-	s.buildErr = buildBinary(s.bin)
+	s.buildErr = buildBinary(s.bin, !forBench)
 	if s.buildErr != nil {
 		// The gateway tests report this; the harness self-tests still run.
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", s.buildErr)
@@ -72,9 +82,10 @@ func newSuite() (*suite, error) {
 	return s, nil
 }
 
-// buildBinary builds ./cmd/sallyport with the race detector from the module
-// root, found by walking up from the test's directory.
-func buildBinary(out string) error {
+// buildBinary builds ./cmd/sallyport from the module root, found by walking
+// up from the test's directory: with the race detector for the tests, without
+// it (as `make build` does) for the benchmarks.
+func buildBinary(out string, race bool) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
@@ -85,12 +96,16 @@ func buildBinary(out string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-race", "-o", out, "./cmd/sallyport")
+	args := []string{"build", "-trimpath", "-o", out, "./cmd/sallyport"}
+	if race {
+		args = []string{"build", "-race", "-o", out, "./cmd/sallyport"}
+	}
+	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = root
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build sallyport (go build -race ./cmd/sallyport in %s): %w\n%s", root, err, buf.String())
+		return fmt.Errorf("build sallyport (go %s in %s): %w\n%s", strings.Join(args, " "), root, err, buf.String())
 	}
 	return nil
 }
@@ -113,7 +128,7 @@ func moduleRoot() (string, error) {
 }
 
 // Target returns the shared sshd target, starting it on first use.
-func (s *suite) Target(t *testing.T) *sshdTarget {
+func (s *suite) Target(t testing.TB) *sshdTarget {
 	t.Helper()
 	s.targetOnce.Do(func() {
 		s.target, s.targetErr = startTarget(filepath.Join(s.dir, "sshd"))
@@ -127,7 +142,7 @@ func (s *suite) Target(t *testing.T) *sshdTarget {
 // Gateway returns the shared running `sallyport dev` (with gateway user
 // alice), starting it and the target on first use. It fails the test when
 // the binary did not build or the gateway has died.
-func (s *suite) Gateway(t *testing.T) *gateway {
+func (s *suite) Gateway(t testing.TB) *gateway {
 	t.Helper()
 	if s.buildErr != nil {
 		t.Fatalf("sallyport binary is missing: %v", s.buildErr)

@@ -71,30 +71,43 @@ func (c *conn) serve() {
 	c.srv.cfg.Audit.Record(c.ctx, audit.Event{Kind: "session_start", Outcome: "ok", User: c.id.User, Source: c.src.String(), Secret: c.secret})
 	log.Info("session started")
 
-	// The target's end goes away: close the client's too, and vice versa.
+	// The target's end goes away: close the client's too. The client's end
+	// going away ends the loop below, and the deferred Close ends the target.
 	go func() {
 		_ = target.Wait()
 		_ = sconn.Close()
 	}()
-	go func() {
-		_ = sconn.Wait()
-		_ = target.Close()
-	}()
-	go replyNone(reqs)
 
 	var wg sync.WaitGroup
 	var up, down atomic.Int64
-	for nch := range chans {
-		if nch.ChannelType() != "session" {
-			_ = nch.Reject(gossh.Prohibited, "only sessions are allowed through this gateway")
-			log.Warn("channel refused", "type", nch.ChannelType())
-			continue
+	for chans != nil || reqs != nil {
+		select {
+		case r, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				continue
+			}
+			// tcpip-forward and the rest are refused; failure is also the
+			// standard answer to OpenSSH's keepalive@openssh.com.
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		case nch, ok := <-chans:
+			if !ok {
+				chans = nil
+				continue
+			}
+			if nch.ChannelType() != "session" {
+				_ = nch.Reject(gossh.Prohibited, "only sessions are allowed through this gateway")
+				log.Warn("channel refused", "type", nch.ChannelType())
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.relaySession(nch, target, &up, &down)
+			}()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.relaySession(nch, target, &up, &down)
-		}()
 	}
 	wg.Wait()
 	dur := c.srv.cfg.Now().Sub(c.started)
