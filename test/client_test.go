@@ -198,7 +198,7 @@ func clientOptions(knownHosts, preferredAuth string) []string {
 }
 
 // clientTool returns the path of an OpenSSH client or fails the test.
-func clientTool(t *testing.T, name string) string {
+func clientTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {

@@ -16,7 +16,11 @@
 //     prompts through an SSH_ASKPASS script that reads 0600 files;
 //   - totp_test.go: an RFC 6238 generator independent of the product's;
 //   - leak_test.go: the end-of-suite scan that fails if an injected
-//     credential shows up anywhere outside the vault.
+//     credential shows up anywhere outside the vault;
+//   - bench_test.go: the benchmarks behind `make bench`, each measuring the
+//     proxy side by side with direct OpenSSH to the same sshd (see
+//     BENCHMARKS.md). When -test.bench selects benchmarks, TestMain builds the
+//     binary without -race, so that they measure what ships.
 //
 // Every client run through the gateway connects from its own loopback
 // source address (127.0.x.y), so that the gateway's per-source failed-login

@@ -302,7 +302,7 @@ type secretSpec struct {
 }
 
 // AddSecret adds s, failing the test if ctl refuses.
-func (g *gateway) AddSecret(t *testing.T, s secretSpec) {
+func (g *gateway) AddSecret(t testing.TB, s secretSpec) {
 	t.Helper()
 	args := []string{"secret", "add", s.Name,
 		"--host", "127.0.0.1",

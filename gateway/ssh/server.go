@@ -57,7 +57,7 @@ type Config struct {
 	MaxHandshakes int
 	// FailedLoginBurst and FailedLoginEvery rate-limit failed logins per
 	// source address and per user name: Burst failures, then one more
-	// allowed per Every. Defaults: 10 per source and 5 per user, one back
+	// allowed per Every. Default: 10 each (an OpenSSH client that falls back from keyboard-interactive to password spends two per connection), one back
 	// every 30 s.
 	FailedLoginBurst int
 	FailedLoginEvery time.Duration
@@ -136,7 +136,7 @@ func NewServer(cfg Config) (*Server, error) {
 	return &Server{
 		cfg:       cfg,
 		srcLimit:  newLimiter(cfg.FailedLoginBurst, cfg.FailedLoginEvery, 100_000, cfg.Now),
-		userLimit: newLimiter(max(cfg.FailedLoginBurst/2, 1), cfg.FailedLoginEvery, 100_000, cfg.Now),
+		userLimit: newLimiter(cfg.FailedLoginBurst, cfg.FailedLoginEvery, 100_000, cfg.Now),
 		handshake: make(chan struct{}, cfg.MaxHandshakes),
 		ctx:       ctx,
 		cancel:    cancel,

@@ -228,6 +228,11 @@ func otherKey(t *testing.T) []byte {
 
 // dial logs in with keyboard-interactive, answering prompts from answers in order.
 func (f *fixture) dial(login string, answers ...string) (*gossh.Client, error) {
+	return f.dialFrom("127.0.0.1", login, answers...)
+}
+
+// dialFrom is dial from a chosen loopback source address.
+func (f *fixture) dialFrom(src, login string, answers ...string) (*gossh.Client, error) {
 	cfg := &gossh.ClientConfig{
 		User:            login,
 		HostKeyCallback: gossh.InsecureIgnoreHostKey(), // #nosec G106 -- test client against the test's own server
@@ -243,7 +248,17 @@ func (f *fixture) dial(login string, answers ...string) (*gossh.Client, error) {
 		})},
 		Timeout: 10 * time.Second,
 	}
-	return gossh.Dial("tcp", f.addr, cfg)
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	nc, err := d.Dial("tcp", f.addr)
+	if err != nil {
+		return nil, err
+	}
+	sc, chans, reqs, err := gossh.NewClientConn(nc, f.addr, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return gossh.NewClient(sc, chans, reqs), nil
 }
 
 func run(t *testing.T, c *gossh.Client, cmd string) (stdout, stderr string, code int) {
@@ -439,16 +454,19 @@ func TestRateLimit(t *testing.T) {
 }
 
 func TestRateLimitPerUserIgnoresSecret(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.FailedLoginBurst = 4; c.FailedLoginEvery = time.Hour })
-	// Per-user burst is half the per-source one: 2. Varying the secret part
-	// must not reset it.
-	for _, login := range []string{"alice@a", "alice@b"} {
-		if _, err := f.dial(login, "wrong"); err == nil {
+	f := newFixture(t, func(c *Config) { c.FailedLoginBurst = 2; c.FailedLoginEvery = time.Hour })
+	// Varying the secret part must not reset the user's budget; each try
+	// comes from a fresh source so only the per-user limit can trip.
+	for i, login := range []string{"alice@a", "alice@b"} {
+		if _, err := f.dialFrom(fmt.Sprintf("127.0.0.%d", 10+i), login, "wrong"); err == nil {
 			t.Fatal("wrong password accepted")
 		}
 	}
-	if _, err := f.dial("alice@web01", "alice-pw"); err == nil {
+	if _, err := f.dialFrom("127.0.0.20", "alice@web01", "alice-pw"); err == nil {
 		t.Fatal("right password accepted while the user is rate limited")
+	}
+	if _, err := f.dialFrom("127.0.0.22", "alice@web01", "alice-pw"); err == nil {
+		t.Fatal("alice still limited from a new source")
 	}
 }
 
