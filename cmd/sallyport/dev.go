@@ -182,6 +182,11 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		returnMemory(runCtx, 10*time.Second, 64<<20)
+	}()
 	start("credential broker", func() error { return v.ServeCredentials(runCtx, queue, devRequestQueue) })
 	start("credential client", func() error { return creds.Run(runCtx) })
 	start("ssh gateway", func() error {

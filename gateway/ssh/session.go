@@ -194,35 +194,49 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down
 		return
 	}
 
+	// Data flows in three goroutines; everything else — requests both ways,
+	// the end of output, the close — is handled by this one, which keeps an
+	// idle session to few goroutines.
 	var wg sync.WaitGroup
-	// Client → target requests. reqMu is held while one is in flight, so the
-	// channel is not closed before the client has its answer.
-	var reqMu sync.Mutex
 	wg.Add(1)
-	go func() {
+	go func() { // stdin: client → target, then EOF
 		defer wg.Done()
-		for r := range creqs {
-			reqMu.Lock()
-			c.forwardClientRequest(r, tch, log)
-			reqMu.Unlock()
-		}
-		// The client closed its channel: close ours to the target.
-		_ = tch.Close()
+		n, _ := c.pipe(tch, cch, true)
+		up.Add(n)
+		_ = tch.CloseWrite()
 	}()
+	outEnded := make(chan struct{}, 2)
+	for _, p := range [][2]io.ReadWriter{{cch, tch}, {cch.Stderr(), tch.Stderr()}} {
+		go func() { // stdout and stderr: target → client
+			n, _ := c.pipe(p[0], p[1], false)
+			down.Add(n)
+			outEnded <- struct{}{}
+		}()
+	}
 
-	// Target → client requests. Exit status and signal are held back until
-	// all output has reached the client, as the protocol expects.
-	var exitMu sync.Mutex
+	// Exit status and signal are held back until all output has reached the
+	// client, as the protocol expects. A client request in flight is
+	// answered before the loop can end, so the channel never closes under it.
 	var exits []*gossh.Request
-	treqsDone := make(chan struct{})
-	go func() {
-		defer close(treqsDone)
-		for r := range treqs {
+	outputs := 2
+	for treqs != nil || outputs > 0 {
+		select {
+		case r, ok := <-creqs:
+			if !ok {
+				// The client closed its channel: close ours to the target.
+				creqs = nil
+				_ = tch.Close()
+				continue
+			}
+			c.forwardClientRequest(r, tch, log)
+		case r, ok := <-treqs:
+			if !ok {
+				treqs = nil // the target closed the channel
+				continue
+			}
 			switch r.Type {
 			case "exit-status", "exit-signal":
-				exitMu.Lock()
 				exits = append(exits, r)
-				exitMu.Unlock()
 			case "eow@openssh.com":
 				_, _ = cch.SendRequest(r.Type, false, r.Payload)
 			default:
@@ -231,47 +245,21 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down
 					_ = r.Reply(false, nil)
 				}
 			}
+		case <-outEnded:
+			if outputs--; outputs == 0 {
+				_ = cch.CloseWrite()
+			}
 		}
-	}()
-
-	// Stdin: client → target, then EOF.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, _ := c.pipe(tch, cch, true)
-		up.Add(n)
-		_ = tch.CloseWrite()
-	}()
-	// Stdout and stderr: target → client.
-	var out sync.WaitGroup
-	out.Add(2)
-	go func() {
-		defer out.Done()
-		n, _ := c.pipe(cch, tch, false)
-		down.Add(n)
-	}()
-	go func() {
-		defer out.Done()
-		n, _ := c.pipe(cch.Stderr(), tch.Stderr(), false)
-		down.Add(n)
-	}()
-	out.Wait()
-	_ = cch.CloseWrite()
-	// Wait for the target to close the channel (its requests end then), so
-	// every exit-status has been seen; a client that closes first ends it too.
-	select {
-	case <-treqsDone:
-	case <-c.ctx.Done():
 	}
-	reqMu.Lock()
-	exitMu.Lock()
 	for _, r := range exits {
 		_, _ = cch.SendRequest(r.Type, false, r.Payload)
 	}
-	exitMu.Unlock()
 	_ = cch.Close()
-	reqMu.Unlock()
 	_ = tch.Close()
+	if creqs != nil {
+		// Refuse whatever the client still sends until its side closes.
+		go replyNone(creqs)
+	}
 	wg.Wait()
 }
 
