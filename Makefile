@@ -34,10 +34,9 @@ test: ## install test dependencies, then run every test (unit and end-to-end) wi
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; \
+	@set -e; for f in $$(grep -rho --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort -u | cut -d' ' -f2); do \
+	  dir=$$(grep -rl --include='*_test.go' "^func $$f(" . | head -1 | xargs dirname); \
+	  echo "fuzz $$dir $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$dir; \
 	done
 
 .PHONY: lint
@@ -55,7 +54,7 @@ $(TOOLS)/gosec:
 .PHONY: bench
 bench: ## benchmarks against the real alternatives (see BENCHMARKS.md)
 	bash test/setup.sh
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/
 
 .PHONY: clean
 clean: ## remove build output

@@ -470,6 +470,50 @@ func TestRateLimitPerUserIgnoresSecret(t *testing.T) {
 	}
 }
 
+func TestSessionOutlivesHandshakeTimeout(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
+	c, err := f.dial("alice@web01", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(900 * time.Millisecond)
+	if o, _, _ := run(t, c, "later"); o != "later" {
+		t.Fatalf("got %q", o)
+	}
+}
+
+func TestMaxSessionTime(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxSessionTime = 300 * time.Millisecond })
+	c, err := f.dial("alice@web01", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keep it busy: only the maximum session time may end it.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if s, err := c.NewSession(); err == nil {
+					_ = s.Run("busy")
+					s.Close()
+				}
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("connection outlived its maximum session time")
+	}
+}
+
 func TestIdleTimeout(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.IdleTimeout = 200 * time.Millisecond })
 	c, err := f.dial("alice@web01", "alice-pw")

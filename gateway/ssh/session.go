@@ -42,6 +42,9 @@ func (c *conn) serve() {
 		return
 	}
 	defer sconn.Close()
+	// The handshake deadline must not outlive the handshake: from here on
+	// the idle and maximum-session timeouts govern the connection.
+	_ = c.nc.SetDeadline(timeZero)
 	c.authenticated.Store(true)
 	release()
 	log := c.log().With("user", c.id.User, "secret", c.secret)
