@@ -102,15 +102,25 @@ func parsePHC(s string) (phc, error) {
 	if !ok1 || !ok2 || !ok3 || m < 8*p {
 		return phc{}, errBadPHC
 	}
-	salt, err := base64.RawStdEncoding.Strict().DecodeString(parts[4])
+	salt, err := decodeB64(parts[4])
 	if err != nil || len(salt) < minArgonSalt || len(salt) > maxArgonSalt {
 		return phc{}, errBadPHC
 	}
-	key, err := base64.RawStdEncoding.Strict().DecodeString(parts[5])
+	key, err := decodeB64(parts[5])
 	if err != nil || len(key) < minArgonKey || len(key) > maxArgonKey {
 		return phc{}, errBadPHC
 	}
 	return phc{memory: m, time: t, threads: uint8(p), salt: salt, key: key}, nil // #nosec G115 -- p ≤ maxArgonThreads
+}
+
+// decodeB64 decodes unpadded standard base64 and nothing else: Go's decoder
+// skips '\r' and '\n' even in strict mode, which would let two different
+// strings stand for one hash.
+func decodeB64(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errBadPHC
+	}
+	return base64.RawStdEncoding.Strict().DecodeString(s)
 }
 
 // phcParam parses "k=N" where N is a canonical decimal in 1..max.

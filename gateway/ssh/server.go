@@ -190,7 +190,7 @@ func (s *Server) Serve(l net.Listener) error {
 			_ = nc.Close()
 			continue
 		}
-		c := s.newConn(nc)
+		c := s.newConn(withQuickAck(nc))
 		if c == nil {
 			<-s.handshake
 			_ = nc.Close()

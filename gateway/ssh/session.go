@@ -45,6 +45,9 @@ func (c *conn) serve() {
 	// The handshake deadline must not outlive the handshake: from here on
 	// the idle and maximum-session timeouts govern the connection.
 	_ = c.nc.SetDeadline(timeZero)
+	if q, ok := c.nc.(interface{ handshakeDone() }); ok {
+		q.handshakeDone()
+	}
 	c.authenticated.Store(true)
 	release()
 	log := c.log().With("user", c.id.User, "secret", c.secret)
