@@ -77,15 +77,15 @@ func (c *conn) serve() {
 	c.srv.cfg.Audit.Record(c.ctx, audit.Event{Kind: "session_start", Outcome: "ok", User: c.id.User, Source: c.src.String(), Secret: c.secret})
 	log.Info("session started")
 
-	// The target's end goes away: close the client's too. The client's end
-	// going away ends the loop below, and the deferred Close ends the target.
-	go func() {
-		_ = target.Wait()
-		_ = sconn.Close()
-	}()
-
+	// One loop serves both connections' control traffic: the client's new
+	// channels and global requests, and whatever the target sends on its
+	// own. When the target's end goes away its request stream closes, and
+	// we close the client's end; when the client goes away the loop ends
+	// and the deferred Close ends the target. No goroutine per connection
+	// is needed for any of it.
 	var wg sync.WaitGroup
 	var up, down atomic.Int64
+	treqs, tchans := target.reqs, target.chans
 	for chans != nil || reqs != nil {
 		select {
 		case r, ok := <-reqs:
@@ -113,8 +113,25 @@ func (c *conn) serve() {
 				defer wg.Done()
 				c.relaySession(nch, target, &up, &down)
 			}()
+		case r, ok := <-treqs:
+			if !ok {
+				treqs = nil
+				_ = sconn.Close()
+				continue
+			}
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		case nch, ok := <-tchans:
+			if !ok {
+				tchans = nil
+				continue
+			}
+			// Forwarded ports, agent and X11 were never asked for.
+			_ = nch.Reject(gossh.Prohibited, "not allowed through this gateway")
 		}
 	}
+	_ = target.Close()
 	wg.Wait()
 	dur := c.srv.cfg.Now().Sub(c.started)
 	cause := "closed"
@@ -181,7 +198,7 @@ func allowedEnv(payload []byte) bool {
 
 // relaySession joins one client session channel to a new session channel on
 // the target and relays data and an allow-list of requests both ways.
-func (c *conn) relaySession(nch gossh.NewChannel, target *gossh.Client, up, down *atomic.Int64) {
+func (c *conn) relaySession(nch gossh.NewChannel, target *targetConn, up, down *atomic.Int64) {
 	log := c.log().With("user", c.id.User, "secret", c.secret)
 	tch, treqs, err := target.OpenChannel("session", nil)
 	if err != nil {

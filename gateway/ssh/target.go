@@ -26,10 +26,19 @@ func (e *userError) Unwrap() error { return e.err }
 
 var errHostKeyMismatch = errors.New("target host key does not match the pinned key")
 
+// targetConn is the proxy's logged-in connection to a target. The caller
+// must drain chans (channels the target tries to open) and reqs (its global
+// requests); they close when the connection ends.
+type targetConn struct {
+	gossh.Conn
+	chans <-chan gossh.NewChannel
+	reqs  <-chan *gossh.Request
+}
+
 // dialTarget connects to the credential's target, verifies its host key
 // against the pin (or pins it on first use), and logs in with the injected
 // credential.
-func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*gossh.Client, error) {
+func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targetConn, error) {
 	cfg := &c.srv.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
@@ -100,7 +109,7 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*goss
 		return nil, &userError{fmt.Sprintf("could not log in to target %s", c.secret), err}
 	}
 	_ = nc.SetDeadline(timeZero)
-	return gossh.NewClient(sc, chans, reqs), nil
+	return &targetConn{Conn: sc, chans: chans, reqs: reqs}, nil
 }
 
 // hostKeyAlgorithms restricts the target to the algorithms of the pinned key,
