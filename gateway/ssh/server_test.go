@@ -31,6 +31,18 @@ type fakeTarget struct {
 	hostKey gossh.Signer
 	l       net.Listener
 	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// dropAll cuts every connection the target has accepted, as a crash would.
+func (ft *fakeTarget) dropAll() {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	for _, c := range ft.conns {
+		c.Close()
+	}
 }
 
 func newFakeTarget(t *testing.T, password string) *fakeTarget {
@@ -70,6 +82,9 @@ func newFakeTarget(t *testing.T, password string) *fakeTarget {
 
 func (ft *fakeTarget) serve(nc net.Conn, cfg *gossh.ServerConfig) {
 	defer nc.Close()
+	ft.mu.Lock()
+	ft.conns = append(ft.conns, nc)
+	ft.mu.Unlock()
 	_, chans, reqs, err := gossh.NewServerConn(nc, cfg)
 	if err != nil {
 		return
@@ -511,6 +526,26 @@ func TestMaxSessionTime(t *testing.T) {
 	case <-done:
 	case <-time.After(20 * time.Second):
 		t.Fatal("connection outlived its maximum session time")
+	}
+}
+
+func TestTargetGoneClosesClient(t *testing.T) {
+	f := newFixture(t, nil)
+	c, err := f.dial("alice@web01", "alice-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if o, _, _ := run(t, c, "up"); o != "up" {
+		t.Fatalf("got %q", o)
+	}
+	f.target.dropAll()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("client connection outlived its target")
 	}
 }
 
