@@ -158,6 +158,9 @@ func replyNone(reqs <-chan *gossh.Request) {
 // session channel just long enough to print msg on stderr and exit 1.
 func (c *conn) refuse(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request, msg string) {
 	go replyNone(reqs)
+	// Serve until the client hangs up (it does once its session ends), or
+	// the deadline passes; closing first would make OpenSSH report a broken
+	// pipe after the message.
 	_ = c.nc.SetDeadline(c.srv.cfg.Now().Add(30 * time.Second))
 	for nch := range chans {
 		if nch.ChannelType() != "session" {
@@ -168,22 +171,22 @@ func (c *conn) refuse(chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request,
 		if err != nil {
 			return
 		}
-		for r := range creqs {
-			switch r.Type {
-			case "shell", "exec", "subsystem":
-				_ = r.Reply(true, nil)
-				_, _ = fmt.Fprintf(ch.Stderr(), "sallyport: %s.\r\n", msg)
-				_, _ = ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, 1))
-				_ = ch.CloseWrite()
-				_ = ch.Close()
-				return
-			default:
-				if r.WantReply {
-					_ = r.Reply(r.Type == "pty-req" || r.Type == "env", nil)
+		go func() {
+			for r := range creqs {
+				switch r.Type {
+				case "shell", "exec", "subsystem":
+					_ = r.Reply(true, nil)
+					_, _ = fmt.Fprintf(ch.Stderr(), "sallyport: %s.\r\n", msg)
+					_, _ = ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, 1))
+					_ = ch.CloseWrite()
+					_ = ch.Close()
+				default:
+					if r.WantReply {
+						_ = r.Reply(r.Type == "pty-req" || r.Type == "env", nil)
+					}
 				}
 			}
-		}
-		return
+		}()
 	}
 }
 
