@@ -12,6 +12,9 @@ have sftp || need_pkgs+=(openssh-client)
 have gcc || need_pkgs+=(gcc libc6-dev)
 # useradd, userdel, chpasswd: the e2e tests create a throwaway target account.
 have useradd || [ -x /usr/sbin/useradd ] || need_pkgs+=(passwd)
+# FreeRADIUS (RADIUS client tests); radclient for debugging by hand.
+have freeradius || [ -x /usr/sbin/freeradius ] || need_pkgs+=(freeradius)
+have radclient || need_pkgs+=(freeradius-utils)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
