@@ -127,6 +127,12 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 		return refuse("rate limited", nil, false)
 	}
 	id, err := cfg.Auth.Authenticate(ctx, Login{User: user, Source: c.src, Password: password}, ask)
+	if errors.Is(err, ErrUnavailable) {
+		// An outage is not the user's fault: say so, and do not count it
+		// against their login budget.
+		c.tellUnavailable(ctx, ask)
+		return refuse("authentication service unavailable", err, false)
+	}
 	if err != nil {
 		return refuse("authentication failed", err, true)
 	}
@@ -140,6 +146,10 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 	// Check out now, so a secret that is unknown or not allowed looks like
 	// any failed login. serve wipes the credential once the target is dialed.
 	cred, err := cfg.Credentials.Checkout(ctx, id, c.src, secret)
+	if errors.Is(err, ErrUnavailable) {
+		c.tellUnavailable(ctx, ask)
+		return refuse("credential service unavailable", err, false)
+	}
 	if err != nil {
 		return refuse("checkout refused", err, true)
 	}
@@ -149,6 +159,16 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 	ev.Outcome = "ok"
 	cfg.Audit.Record(ctx, ev)
 	return &gossh.Permissions{}, nil
+}
+
+// unavailableMsg is what a user sees when a backing service (RADIUS, the
+// vault) does not answer. It names no server and no cause.
+const unavailableMsg = "Authentication service unavailable; please try again later."
+
+// tellUnavailable shows unavailableMsg as a keyboard-interactive round with
+// no prompts (OpenSSH prints it). Password-method clients cannot be told.
+func (c *conn) tellUnavailable(ctx context.Context, ask Asker) {
+	_, _ = ask(ctx, unavailableMsg, nil)
 }
 
 func auditReason(reason string, err error) []slog.Attr {

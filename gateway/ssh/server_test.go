@@ -549,6 +549,38 @@ func TestTargetGoneClosesClient(t *testing.T) {
 	}
 }
 
+type downAuth struct{}
+
+func (downAuth) Authenticate(context.Context, Login, Asker) (Identity, error) {
+	return Identity{}, fmt.Errorf("%w: radius timed out", ErrUnavailable)
+}
+
+func TestServiceUnavailableIsToldAndNotCounted(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Auth = downAuth{}; c.FailedLoginBurst = 1; c.FailedLoginEvery = time.Hour })
+	for i := 0; i < 3; i++ { // more than the burst: outages must not lock anyone out
+		var told string
+		cfg := &gossh.ClientConfig{
+			User:            "alice@web01",
+			HostKeyCallback: gossh.InsecureIgnoreHostKey(), // #nosec G106 -- test
+			Auth: []gossh.AuthMethod{gossh.KeyboardInteractive(func(_, instr string, qs []string, _ []bool) ([]string, error) {
+				if len(qs) == 0 {
+					told = instr
+				}
+				return make([]string, len(qs)), nil
+			})},
+		}
+		if _, err := gossh.Dial("tcp", f.addr, cfg); err == nil {
+			t.Fatal("logged in while the authentication service is down")
+		}
+		if !strings.Contains(told, "unavailable") {
+			t.Fatalf("attempt %d: user was told %q, want the unavailable message", i, told)
+		}
+	}
+	if !f.srv.srcLimit.allow("127.0.0.1") {
+		t.Fatal("an outage counted against the source's login budget")
+	}
+}
+
 func TestIdleTimeout(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.IdleTimeout = 200 * time.Millisecond })
 	c, err := f.dial("alice@web01", "alice-pw")
