@@ -40,7 +40,9 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
 	done
 
 .PHONY: lint
-lint: $(TOOLS)/staticcheck $(TOOLS)/gosec ## go vet, staticcheck and gosec (pinned versions)
+lint: $(TOOLS)/staticcheck $(TOOLS)/gosec ## gofmt, go vet, staticcheck and gosec (pinned versions)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
 	$(TOOLS)/gosec -quiet -exclude-generated ./...

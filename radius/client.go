@@ -44,7 +44,9 @@ type Server struct {
 }
 
 // String describes s without its secret.
-func (s Server) String() string { return "radius.Server{Addr: " + strconv.Quote(s.Addr) + ", Secret: [REDACTED]}" }
+func (s Server) String() string {
+	return "radius.Server{Addr: " + strconv.Quote(s.Addr) + ", Secret: [REDACTED]}"
+}
 
 // GoString describes s without its secret, for %#v.
 func (s Server) GoString() string { return s.String() }

@@ -16,14 +16,14 @@ import (
 type fault int
 
 const (
-	faultNone          fault = iota
-	faultNoMsgAuth           // reply without Message-Authenticator
-	faultBadMsgAuth          // Message-Authenticator with one bit flipped
-	faultBadRespAuth         // Response Authenticator with one bit flipped
-	faultBadID               // correctly signed, but for another identifier
-	faultOtherPort           // correct reply sent from another socket
-	faultForgedThenGood      // a bad-Message-Authenticator reply, then the real one
-	faultMsgAuthOldStyle     // Message-Authenticator computed over the Response Authenticator
+	faultNone            fault = iota
+	faultNoMsgAuth             // reply without Message-Authenticator
+	faultBadMsgAuth            // Message-Authenticator with one bit flipped
+	faultBadRespAuth           // Response Authenticator with one bit flipped
+	faultBadID                 // correctly signed, but for another identifier
+	faultOtherPort             // correct reply sent from another socket
+	faultForgedThenGood        // a bad-Message-Authenticator reply, then the real one
+	faultMsgAuthOldStyle       // Message-Authenticator computed over the Response Authenticator
 )
 
 // responder is an in-process RADIUS server on loopback. It checks every
