@@ -276,6 +276,18 @@ func (f *fixture) dialFrom(src, login string, answers ...string) (*gossh.Client,
 	return gossh.NewClient(sc, chans, reqs), nil
 }
 
+// waitClosed fails the test with msg unless c's connection ends soon.
+func waitClosed(t *testing.T, c *gossh.Client, msg string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal(msg)
+	}
+}
+
 func run(t *testing.T, c *gossh.Client, cmd string) (stdout, stderr string, code int) {
 	t.Helper()
 	s, err := c.NewSession()
@@ -520,13 +532,7 @@ func TestMaxSessionTime(t *testing.T) {
 			}
 		}
 	}()
-	done := make(chan error, 1)
-	go func() { done <- c.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("connection outlived its maximum session time")
-	}
+	waitClosed(t, c, "connection outlived its maximum session time")
 }
 
 func TestTargetGoneClosesClient(t *testing.T) {
@@ -540,13 +546,7 @@ func TestTargetGoneClosesClient(t *testing.T) {
 		t.Fatalf("got %q", o)
 	}
 	f.target.dropAll()
-	done := make(chan error, 1)
-	go func() { done <- c.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("client connection outlived its target")
-	}
+	waitClosed(t, c, "client connection outlived its target")
 }
 
 type downAuth struct{}
@@ -587,13 +587,7 @@ func TestIdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("idle connection was not closed")
-	}
+	waitClosed(t, c, "idle connection was not closed")
 }
 
 func TestShutdownDrains(t *testing.T) {
