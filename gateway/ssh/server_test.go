@@ -246,6 +246,18 @@ func (f *fixture) dial(login string, answers ...string) (*gossh.Client, error) {
 	return f.dialFrom("127.0.0.1", login, answers...)
 }
 
+// mustDial is dial for logins that must succeed; the connection is closed
+// when the test ends.
+func (f *fixture) mustDial(t *testing.T, login string, answers ...string) *gossh.Client {
+	t.Helper()
+	c, err := f.dial(login, answers...)
+	if err != nil {
+		t.Fatalf("login %s: %v", login, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // dialFrom is dial from a chosen loopback source address.
 func (f *fixture) dialFrom(src, login string, answers ...string) (*gossh.Client, error) {
 	cfg := &gossh.ClientConfig{
@@ -310,11 +322,7 @@ func run(t *testing.T, c *gossh.Client, cmd string) (stdout, stderr string, code
 
 func TestExecThroughProxy(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	if o, e, code := run(t, c, "hello"); o != "hello" || e != "HELLO" || code != 0 {
 		t.Fatalf("got %q %q %d", o, e, code)
 	}
@@ -325,11 +333,7 @@ func TestExecThroughProxy(t *testing.T) {
 
 func TestStdinRoundTrip(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	s, _ := c.NewSession()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 	s.Stdin = bytes.NewReader(payload)
@@ -345,11 +349,7 @@ func TestStdinRoundTrip(t *testing.T) {
 
 func TestEnvAllowList(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	s, _ := c.NewSession()
 	if err := s.Setenv("LANG", "C.UTF-8"); err != nil {
 		t.Fatalf("LANG refused: %v", err)
@@ -417,11 +417,7 @@ func TestMenu(t *testing.T) {
 
 func TestHostKeyMismatch(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@wrongk", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@wrongk", "alice-pw")
 	_, e, code := run(t, c, "hello")
 	if code != 1 || !strings.Contains(e, "does not match the pinned key") {
 		t.Fatalf("got stderr %q code %d", e, code)
@@ -447,11 +443,7 @@ func TestPinOnFirstUse(t *testing.T) {
 
 func TestForwardingRefused(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	if _, err := c.Dial("tcp", f.target.addr); err == nil {
 		t.Fatal("direct-tcpip was allowed")
 	}
@@ -499,11 +491,7 @@ func TestRateLimitPerUserIgnoresSecret(t *testing.T) {
 
 func TestSessionOutlivesHandshakeTimeout(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	time.Sleep(900 * time.Millisecond)
 	if o, _, _ := run(t, c, "later"); o != "later" {
 		t.Fatalf("got %q", o)
@@ -537,11 +525,7 @@ func TestMaxSessionTime(t *testing.T) {
 
 func TestTargetGoneClosesClient(t *testing.T) {
 	f := newFixture(t, nil)
-	c, err := f.dial("alice@web01", "alice-pw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.mustDial(t, "alice@web01", "alice-pw")
 	if o, _, _ := run(t, c, "up"); o != "up" {
 		t.Fatalf("got %q", o)
 	}
