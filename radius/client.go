@@ -3,6 +3,7 @@ package radius
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,9 +38,11 @@ var ErrUnavailable = errors.New("RADIUS service unavailable")
 
 // Server is one RADIUS server and the secret shared with it.
 type Server struct {
-	// Addr is host:port; the port is required (FreeRADIUS and NPS use 1812).
+	// Addr is host:port; the port is required (FreeRADIUS and NPS use 1812
+	// for UDP, RadSec servers 2083).
 	Addr string
-	// Secret is the shared secret. It is never printed or logged.
+	// Secret is the shared secret. It is never printed or logged. Over TLS
+	// (Config.TLS set) an empty Secret means DefaultRadSecSecret.
 	Secret []byte
 }
 
@@ -63,11 +66,17 @@ type Config struct {
 	// HoldDown unless every server is held down. At least one is required.
 	Servers []Server
 	// Timeout is how long to wait for a reply to one transmission.
-	// Zero means DefaultTimeout.
+	// Over TLS it also bounds setting up a connection (TCP and the TLS
+	// handshake). Zero means DefaultTimeout.
 	Timeout time.Duration
 	// Retries is how many times a request is sent again to the same server
 	// (same identifier and authenticator) before failing over. Zero means
 	// one transmission per server. At most MaxRetries.
+	//
+	// Over TLS Retries is ignored: a reliable transport must not be
+	// retransmitted on (RFC 6614 §2.5), so each server gets one request and
+	// one Timeout, after which the client fails over to the next server and
+	// holds the silent one down as over UDP.
 	Retries int
 	// HoldDown is how long a server that did not answer is skipped.
 	// Zero means DefaultHoldDown.
@@ -77,6 +86,15 @@ type Config struct {
 	NASIdentifier string
 	// NASIPAddress is sent as NAS-IP-Address when valid. It must be IPv4.
 	NASIPAddress netip.Addr
+	// TLS, when not nil, makes every server in Servers a RadSec server
+	// (RADIUS over TLS, RFC 6614): requests go over one persistent TCP+TLS
+	// connection per server instead of UDP. The client uses its own copy
+	// with MinVersion raised to TLS 1.2 and, when ServerName is empty, the
+	// host part of each server's Addr as the name its certificate must carry.
+	// Set RootCAs to the CA that issued the servers' certificates and
+	// Certificates to the client certificate the servers require.
+	// InsecureSkipVerify is refused.
+	TLS *tls.Config
 }
 
 // Validate reports the first problem with c, if any. Error messages never
@@ -98,8 +116,16 @@ func (c Config) Validate() error {
 			return fmt.Errorf("radius: server %d: address %q listed twice", i, s.Addr)
 		}
 		seen[s.Addr] = true
-		if len(s.Secret) == 0 {
+		if len(s.Secret) == 0 && c.TLS == nil {
 			return fmt.Errorf("radius: server %d (%s): empty shared secret", i, s.Addr)
+		}
+	}
+	if c.TLS != nil {
+		if c.TLS.InsecureSkipVerify {
+			return errors.New("radius: TLS: InsecureSkipVerify is not allowed: RadSec servers' certificates must be verified")
+		}
+		if c.TLS.MaxVersion != 0 && c.TLS.MaxVersion < tls.VersionTLS12 {
+			return errors.New("radius: TLS: MaxVersion is below TLS 1.2, the lowest version RadSec may use")
 		}
 	}
 	if c.Timeout < 0 {
@@ -123,8 +149,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Client sends RADIUS requests over UDP with retransmission, failover and
-// hold-down of dead servers. It is safe for concurrent use.
+// Client sends RADIUS requests over UDP with retransmission, or over TLS
+// (RadSec) on persistent connections, with failover and hold-down of dead
+// servers. It is safe for concurrent use. Close releases its connections.
 type Client struct {
 	cfg    Config
 	logger *slog.Logger
@@ -132,6 +159,13 @@ type Client struct {
 
 	mu       sync.Mutex
 	deadTill map[string]time.Time // by Server.Addr
+
+	// RadSec only: one peer per server, and what Close needs to stop them.
+	peers     map[string]*radsecPeer // by Server.Addr
+	ctx       context.Context        // ends when Close is called
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup // dials and connection readers
+	closeOnce sync.Once
 }
 
 // New returns a Client for cfg, which it copies. A nil logger discards.
@@ -148,12 +182,28 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 	servers := make([]Server, len(cfg.Servers))
 	for i, s := range cfg.Servers {
 		servers[i] = Server{Addr: s.Addr, Secret: append([]byte(nil), s.Secret...)}
+		if cfg.TLS != nil && len(s.Secret) == 0 {
+			servers[i].Secret = []byte(DefaultRadSecSecret)
+		}
 	}
 	cfg.Servers = servers
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, logger: logger, now: time.Now, deadTill: make(map[string]time.Time)}, nil
+	c := &Client{cfg: cfg, logger: logger, now: time.Now, deadTill: make(map[string]time.Time)}
+	if cfg.TLS != nil {
+		c.initRadSec()
+	}
+	return c, nil
+}
+
+// Close closes the client's RadSec connections and waits for the
+// goroutines that serve them. Requests under way end with an error, and so
+// does every later request. For a UDP client Close does nothing. It always
+// returns nil.
+func (c *Client) Close() error {
+	c.closeOnce.Do(c.closeRadSec)
+	return nil
 }
 
 // errNoAnswer means one server gave no valid reply; the client fails over.
@@ -193,11 +243,18 @@ func (c *Client) exchange(ctx context.Context, req *layeh.Packet, pin string) (*
 			}
 		}
 	}
+	var last error // why the last server tried gave no answer
 	for _, s := range servers {
 		if err := ctx.Err(); err != nil {
 			return nil, "", err
 		}
-		resp, err := c.exchangeOne(ctx, s, req)
+		var resp *layeh.Packet
+		var err error
+		if c.cfg.TLS != nil {
+			resp, err = c.exchangeTLS(ctx, s, req)
+		} else {
+			resp, err = c.exchangeOne(ctx, s, req)
+		}
 		switch {
 		case err == nil:
 			c.setDead(s.Addr, time.Time{})
@@ -210,11 +267,17 @@ func (c *Client) exchange(ctx context.Context, req *layeh.Packet, pin string) (*
 			c.logger.Warn("radius server did not answer; holding it down",
 				"server", s.Addr, "hold_down", c.cfg.HoldDown, "error", err)
 			c.setDead(s.Addr, c.now().Add(c.cfg.HoldDown))
+			last = err
 		default:
 			return nil, "", err
 		}
 	}
-	return nil, "", fmt.Errorf("radius: %w: no server answered", ErrUnavailable)
+	if last == nil {
+		return nil, "", fmt.Errorf("radius: %w: no server answered", ErrUnavailable)
+	}
+	// Only the text of last: it must not make the result look like a
+	// deadline or cancellation of the caller's ctx.
+	return nil, "", fmt.Errorf("radius: %w: no server answered (last: %v)", ErrUnavailable, last)
 }
 
 // order returns the servers to try: those not held down, in configured

@@ -19,6 +19,19 @@
 // chosen-prefix MD5 collision. The HMAC-MD5 in Message-Authenticator covers
 // the whole packet and is not open to that attack.
 //
+// The client speaks RADIUS over UDP, or, when Config.TLS is set, RadSec:
+// RADIUS over TLS (RFC 6614, usually TCP port 2083). RadSec keeps one TLS
+// connection per server, opened on first use and shared by concurrent
+// logins, which are told apart by their RADIUS Identifier (at most 256
+// outstanding per connection). The server's certificate is always verified,
+// TLS 1.2 is the minimum, and the checks above apply unchanged: TLS protects
+// the path to the server, the authenticators still prove that a reply
+// answers this request under this secret. There is no retransmission over
+// TLS; a server that does not answer within Config.Timeout is failed over
+// and held down as over UDP. A connection the server closes (FreeRADIUS
+// closes idle ones after idle_timeout) is opened again when next needed.
+// Client.Close closes the connections.
+//
 // The package does not import the SSH gateway; it declares the few types its
 // Authenticator needs (Login, Prompt, Asker, Identity) and the gateway
 // adapts them.
