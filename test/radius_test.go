@@ -45,6 +45,37 @@ type freeRADIUS struct {
 	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
+
+	// Set only with withRadSec: the RadSec (RADIUS over TLS) listener, which
+	// requires a client certificate and uses the secret "radsec". The files
+	// are PEM under dir; key files are mode 0600.
+	TLSAddr             string // 127.0.0.1:port (TCP)
+	CAFile              string // CA of the server and client certificates
+	ClientCertFile      string // client certificate the server accepts
+	ClientKeyFile       string
+	OtherCAFile         string // a CA that signed neither certificate
+	OtherClientCertFile string // client certificate from OtherCAFile's CA
+	OtherClientKeyFile  string
+}
+
+// frOptions are startFreeRADIUS's options; see frOption.
+type frOptions struct {
+	radsec     bool
+	radsecIdle time.Duration // FreeRADIUS's idle_timeout; zero means 30 s
+}
+
+// frOption adjusts what startFreeRADIUS starts.
+type frOption func(*frOptions)
+
+// withRadSec also starts a RadSec listener (test/freeradius/site-radsec) on
+// a free TCP port, with certificates generated for it; see the TLS fields of
+// freeRADIUS.
+func withRadSec() frOption { return func(o *frOptions) { o.radsec = true } }
+
+// withRadSecIdleTimeout makes the RadSec listener that withRadSec starts
+// close connections idle for d (whole seconds) instead of 30 s.
+func withRadSecIdleTimeout(d time.Duration) frOption {
+	return func(o *frOptions) { o.radsecIdle = d }
 }
 
 // freeradiusPath finds the FreeRADIUS daemon; its absence fails the test.
@@ -72,7 +103,11 @@ func freeUDPPort() (int, error) {
 // test/freeradius, and starts FreeRADIUS in the foreground on a free port.
 // It waits (bounded) until the log says it is ready. On error it stops what
 // it started.
-func startFreeRADIUS(dir string) (_ *freeRADIUS, err error) {
+func startFreeRADIUS(dir string, opts ...frOption) (_ *freeRADIUS, err error) {
+	var o frOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin, err := freeradiusPath()
 	if err != nil {
 		return nil, err
@@ -144,6 +179,11 @@ func startFreeRADIUS(dir string) (_ *freeRADIUS, err error) {
 		}
 		if err := os.WriteFile(filepath.Join(raddb, c.dst), b, 0o600); err != nil {
 			return nil, err
+		}
+	}
+	if o.radsec {
+		if err := f.configureRadSec(raddb, o.radsecIdle); err != nil {
+			return nil, fmt.Errorf("RadSec listener: %w", err)
 		}
 	}
 	if _, err := runTool(nil, bin, "-C", "-d", raddb); err != nil {
