@@ -198,9 +198,9 @@ func New(cfg Config, logger *slog.Logger) (*Client, error) {
 }
 
 // Close closes the client's RadSec connections and waits for the
-// goroutines that serve them. Requests under way end with an error, and so
-// does every later request. For a UDP client Close does nothing. It always
-// returns nil.
+// goroutines that serve them. Requests under way, and every later request,
+// end with an error wrapping ErrUnavailable. For a UDP client Close does
+// nothing. It always returns nil.
 func (c *Client) Close() error {
 	c.closeOnce.Do(c.closeRadSec)
 	return nil

@@ -37,8 +37,9 @@ var (
 	// errConnLost marks a request whose connection ended before its reply
 	// came; the request may be sent again on a new connection.
 	errConnLost = errors.New("connection lost")
-	// errClosed is returned once Client.Close has been called.
-	errClosed = errors.New("radius: client closed")
+	// errClosed is returned once Client.Close has been called. It is not a
+	// refusal: the service is unavailable to this client from now on.
+	errClosed = fmt.Errorf("radius: %w: client closed", ErrUnavailable)
 	// errFrameLength means a frame's length field is outside 20..4096.
 	errFrameLength = errors.New("frame length outside 20..4096")
 	// errAllAbandoned ends a connection on which every identifier is held
