@@ -57,8 +57,8 @@ type gatewayUser struct {
 func (u gatewayUser) Answers() answers { return answers{Password: u.Password} }
 
 // startGateway starts `sallyport dev` with its data under dir and waits for
-// its ready line.
-func startGateway(bin, dir string, target *sshdTarget) (_ *gateway, err error) {
+// its ready line. extra are more flags for `sallyport dev`, such as --config.
+func startGateway(bin, dir string, target *sshdTarget, extra ...string) (_ *gateway, err error) {
 	g := &gateway{bin: bin, dir: dir, dataDir: filepath.Join(dir, "data"), target: target}
 	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return nil, err
@@ -78,6 +78,7 @@ func startGateway(bin, dir string, target *sshdTarget) (_ *gateway, err error) {
 	g.cmd = exec.Command(bin, "dev", "--data", g.dataDir,
 		"--ssh-addr", "127.0.0.1:"+strconv.Itoa(g.SSHPort),
 		"--api-addr", "127.0.0.1:"+strconv.Itoa(g.APIPort))
+	g.cmd.Args = append(g.cmd.Args, extra...)
 	g.cmd.Env = cleanEnv()
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -329,6 +330,9 @@ func (g *gateway) AddSecret(t testing.TB, s secretSpec) {
 
 // sshRun is one ssh client run through the gateway.
 type sshRun struct {
+	// LogLevel replaces the client's LogLevel=ERROR; at INFO (OpenSSH's
+	// default) ssh shows keyboard-interactive instructions.
+	LogLevel string
 	Login   string // what goes before "@127.0.0.1": "alice@web01"
 	Answers answers
 	Flags   []string // ssh flags before the destination: -T, -tt
@@ -342,6 +346,13 @@ func (g *gateway) SSH(t *testing.T, s sshRun) result {
 	t.Helper()
 	src := g.nextSource()
 	args := append(g.clientArgs("-p", src), s.Flags...)
+	if s.LogLevel != "" {
+		for i, a := range args {
+			if a == "LogLevel=ERROR" {
+				args[i] = "LogLevel=" + s.LogLevel
+			}
+		}
+	}
 	args = append(args, s.Login+"@127.0.0.1")
 	if s.Command != "" {
 		args = append(args, s.Command)

@@ -138,10 +138,12 @@ func findNeedles(where string, data []byte, needles []needle) []string {
 }
 
 // finalChecks scans for leaked credentials, stops the gateway and checks its
-// output for data races and panics. It returns every problem found.
-func (g *gateway) finalChecks(target *sshdTarget) []string {
+// output for data races and panics. It returns every problem found. extra
+// adds needles for secrets only this gateway saw (RADIUS passwords, shared
+// secrets).
+func (g *gateway) finalChecks(target *sshdTarget, extra ...needle) []string {
 	var problems []string
-	needles := secretNeedles("target password", []byte(target.Password))
+	needles := append(secretNeedles("target password", []byte(target.Password)), extra...)
 	keyNeedles, err := privateKeyNeedles(target.ClientKeyPEM)
 	if err != nil {
 		problems = append(problems, fmt.Sprintf("leak scan: %v", err))

@@ -182,6 +182,11 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 		v.sink.Record(ctx, ev)
 		return denied
 	}
+	if len(req.Groups) > 0 {
+		// Group names never contain ',' (ValidGroupName); an invalid one
+		// matches no allow-list entry, and logSafe keeps it printable.
+		ev.Attrs = append(ev.Attrs, slog.String("groups", logSafe(strings.Join(req.Groups, ","))))
+	}
 	switch req.Op {
 	case workitem.OpCheckout:
 		ev.Kind = auditKind(req.Op)

@@ -23,6 +23,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/config"
 	"github.com/sallyport/sallyport/connector"
 	"github.com/sallyport/sallyport/engine"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
@@ -44,6 +45,7 @@ func devMain(args []string, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	idle := fs.Duration("idle-timeout", gw.DefaultIdleTimeout, "close SSH sessions idle this long")
 	maxSession := fs.Duration("max-session", gw.DefaultMaxSessionTime, "close SSH sessions after this long")
+	cfgPath := fs.String("config", "", "configuration file (YAML): authentication mode, RADIUS servers")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -56,10 +58,19 @@ func devMain(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sallyport dev: bad --log-level %q\n", *logLevel)
 		return 2
 	}
+	cfg := &config.File{Auth: config.AuthLocal}
+	if *cfgPath != "" {
+		c, err := config.Load(*cfgPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "sallyport dev: %v\n", err)
+			return 2
+		}
+		cfg = c
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := runDev(ctx, devOptions{data: *data, sshAddr: *sshAddr, apiAddr: *apiAddr, idle: *idle, maxSession: *maxSession}, log, stderr); err != nil {
+	if err := runDev(ctx, devOptions{cfg: cfg, data: *data, sshAddr: *sshAddr, apiAddr: *apiAddr, idle: *idle, maxSession: *maxSession}, log, stderr); err != nil {
 		fmt.Fprintf(stderr, "sallyport dev: %v\n", err)
 		return 1
 	}
@@ -67,6 +78,7 @@ func devMain(args []string, stderr io.Writer) int {
 }
 
 type devOptions struct {
+	cfg                    *config.File
 	data, sshAddr, apiAddr string
 	idle, maxSession       time.Duration
 }
@@ -127,11 +139,17 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	defer queue.Close()
 	creds := engine.NewCredentials(queue, devSite, siteKey, devRequestQueue, log)
 
+	auth, closeAuth, err := gatewayAuth(o.cfg, v, log)
+	if err != nil {
+		return err
+	}
+	defer closeAuth()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gateway, err := gw.NewServer(gw.Config{
 		HostSigners:    []gossh.Signer{hostKey},
-		Auth:           gw.LocalAuth{Users: v},
+		Auth:           auth,
 		Credentials:    creds,
 		Log:            log,
 		Audit:          sink,
