@@ -333,12 +333,12 @@ type sshRun struct {
 	// LogLevel replaces the client's LogLevel=ERROR; at INFO (OpenSSH's
 	// default) ssh shows keyboard-interactive instructions.
 	LogLevel string
-	Login   string // what goes before "@127.0.0.1": "alice@web01"
-	Answers answers
-	Flags   []string // ssh flags before the destination: -T, -tt
-	Command string   // remote command; empty: a shell
-	Stdin   string
-	Timeout time.Duration // zero: 30 s
+	Login    string // what goes before "@127.0.0.1": "alice@web01"
+	Answers  answers
+	Flags    []string // ssh flags before the destination: -T, -tt
+	Command  string   // remote command; empty: a shell
+	Stdin    string
+	Timeout  time.Duration // zero: 30 s
 }
 
 // SSH runs the ssh client through the gateway.
