@@ -666,3 +666,72 @@ func TestRADIUSRelayForgeries(t *testing.T) {
 		}
 	}
 }
+
+// TestRadSecGateway logs in through the gateway with `transport: tls`
+// against FreeRADIUS's RadSec listener (mutual TLS), and checks that a
+// gateway which does not trust the server's certificate refuses it and
+// says why in its log.
+func TestRadSecGateway(t *testing.T) {
+	fr, err := startFreeRADIUS(t.TempDir(), withRadSec())
+	if err != nil {
+		t.Fatalf("FreeRADIUS with RadSec: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("FreeRADIUS log tail:\n%s", fr.LogTail(60))
+		}
+		if err := fr.Close(); err != nil {
+			t.Errorf("stopping FreeRADIUS: %v", err)
+		}
+	})
+	keyPEM, err := os.ReadFile(fr.ClientKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyNeedle := needle{"the RadSec client key", bytes.TrimSpace(keyPEM)}
+	config := func(ca string) string {
+		return fmt.Sprintf(`auth: radius
+radius:
+  transport: tls
+  servers:
+    - address: %q
+  timeout: 2s
+  tls:
+    ca_file: %s
+    cert_file: %s
+    key_file: %s
+`, fr.TLSAddr, ca, fr.ClientCertFile, fr.ClientKeyFile)
+	}
+	totpKey, err := base32.StdEncoding.DecodeString(frTOTPSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("Trusted", func(t *testing.T) {
+		g := startConfiguredGateway(t, t.TempDir(), config(fr.CAFile), keyNeedle)
+		web := g.Name("tweb")
+		g.AddSecret(t, secretSpec{Name: web, Allow: []string{"alice", "bob"}})
+		checkIn(t, g, g.SSH(t, sshRun{Login: "bob@" + web, Answers: answers{Password: "bobpass"}, Command: probeCommand}))
+		code, _ := freshTOTPCode(totpKey)
+		checkIn(t, g, g.SSH(t, sshRun{Login: "alice@" + web, Answers: answers{Password: "alicepass", Code: code}, Command: probeCommand}))
+		r := g.SSH(t, sshRun{Login: "bob@" + web, Answers: answers{Password: "bobpass-not"}, Command: probeCommand})
+		checkRefused(t, r)
+		if strings.Contains(r.Stderr, unavailableText) {
+			t.Fatalf("a wrong password over RadSec must be a plain refusal:\n%s", r)
+		}
+	})
+
+	t.Run("UntrustedServer", func(t *testing.T) {
+		g := startConfiguredGateway(t, t.TempDir(), config(fr.OtherCAFile), keyNeedle)
+		web := g.Name("uweb")
+		g.AddSecret(t, secretSpec{Name: web, Allow: []string{"bob"}})
+		r := g.SSH(t, sshRun{Login: "bob@" + web, Answers: answers{Password: "bobpass"}, Command: probeCommand, LogLevel: "INFO"})
+		checkRefused(t, r)
+		if !strings.Contains(r.Stderr, unavailableText) {
+			t.Fatalf("an untrusted RadSec server must leave the user with the unavailable message:\n%s", r)
+		}
+		t.Log(g.WaitLog(t, "naming the certificate problem", func(l string) bool {
+			return strings.Contains(l, fr.TLSAddr) && strings.Contains(strings.ToLower(l), "certificate")
+		}))
+	})
+}
