@@ -173,7 +173,9 @@ func (a *Authenticator) request(login Login, password, state []byte) (*layeh.Pac
 		p.Add(rfc2865.NASIPAddress_Type, layeh.Attribute(ip[:]))
 	}
 	if login.Source.IsValid() {
-		p.Add(rfc2865.CallingStationID_Type, layeh.Attribute(login.Source.String()))
+		// The address alone, as other RADIUS clients for remote logins
+		// send it: servers match it against address lists and policies.
+		p.Add(rfc2865.CallingStationID_Type, layeh.Attribute(login.Source.Addr().Unmap().String()))
 	}
 	if state != nil {
 		p.Add(rfc2865.State_Type, layeh.Attribute(state))

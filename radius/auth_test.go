@@ -28,7 +28,7 @@ func mfaServer(t *testing.T) func(*layeh.Packet, int) *layeh.Packet {
 		if got := rfc2865.NASIPAddress_Get(req); got.String() != "192.0.2.7" {
 			t.Errorf("NAS-IP-Address %v", got)
 		}
-		if got := rfc2865.CallingStationID_GetString(req); got != "198.51.100.9:40022" {
+		if got := rfc2865.CallingStationID_GetString(req); got != "198.51.100.9" {
 			t.Errorf("Calling-Station-Id %q", got)
 		}
 		user := rfc2865.UserName_GetString(req)

@@ -150,6 +150,11 @@ radius:
 		if len(r.Prompts) != 1 || !strings.Contains(r.Prompts[0], "assword") {
 			t.Fatalf("a password-only user must see one password prompt, saw %q", r.Prompts)
 		}
+		// FreeRADIUS saw the SSH client's address as Calling-Station-Id.
+		want := "Login OK: [bob] (from client localhost port 0 cli " + r.Source + ")"
+		if !strings.Contains(fr.LogTail(200), want) {
+			t.Fatalf("FreeRADIUS did not log %q; its log:\n%s", want, fr.LogTail(20))
+		}
 	})
 
 	t.Run("MFAUser", func(t *testing.T) {

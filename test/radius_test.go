@@ -153,6 +153,9 @@ func startFreeRADIUS(dir string, opts ...frOption) (_ *freeRADIUS, err error) {
 	b = regexp.MustCompile(`(?m)^logdir = .*$`).ReplaceAll(b, []byte("logdir = "+filepath.Join(dir, "log")))
 	b = regexp.MustCompile(`(?m)^run_dir = .*$`).ReplaceAll(b, []byte("run_dir = "+filepath.Join(dir, "run")))
 	b = regexp.MustCompile(`(?m)^(\s*)(user|group) = freerad`).ReplaceAll(b, []byte("$1#$2 = freerad"))
+	// One "Login OK"/"Login incorrect" line per request, with the
+	// Calling-Station-Id ("cli ..."); never the password (auth_*pass stay no).
+	b = regexp.MustCompile(`(?m)^(\s*)auth = no$`).ReplaceAll(b, []byte("${1}auth = yes"))
 	if err := os.WriteFile(conf, b, 0o600); err != nil {
 		return nil, err
 	}
