@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/sallyport/sallyport/radius"
 )
@@ -28,7 +29,7 @@ func (a RADIUSAuth) Authenticate(ctx context.Context, login Login, ask Asker) (I
 	relay := func(ctx context.Context, instruction string, ps []radius.Prompt) ([]string, error) {
 		prompts := make([]Prompt, len(ps))
 		for i, p := range ps {
-			prompts[i] = Prompt{Text: p.Text, Echo: p.Echo}
+			prompts[i] = Prompt{Text: promptText(p.Text), Echo: p.Echo}
 		}
 		return ask(ctx, instruction, prompts)
 	}
@@ -48,6 +49,23 @@ func (a RADIUSAuth) Authenticate(ctx context.Context, login Login, ask Asker) (I
 		id.Groups = id.Groups[:maxGroups]
 	}
 	return Identity{User: login.User, Groups: id.Groups}, nil
+}
+
+// promptText makes a challenge's Reply-Message read as a prompt: servers
+// send "Enter your one-time code" or "Code:", and the answer should not
+// be typed against the last letter.
+func promptText(s string) string {
+	t := strings.TrimRight(s, " \t")
+	switch {
+	case t == "":
+		return s
+	case strings.HasSuffix(t, "\n"):
+		return s
+	case strings.HasSuffix(t, ":"), strings.HasSuffix(t, "?"), strings.HasSuffix(t, ">"):
+		return t + " "
+	default:
+		return t + ": "
+	}
 }
 
 // BreakGlassAuth sends a fixed set of accounts to a local authenticator and

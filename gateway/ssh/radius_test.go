@@ -134,3 +134,18 @@ func TestSlowAuthDoesNotBlockOthers(t *testing.T) {
 	}
 	c.Close()
 }
+
+func TestPromptText(t *testing.T) {
+	for in, want := range map[string]string{
+		"Enter your one-time code": "Enter your one-time code: ",
+		"Code:":                    "Code: ",
+		"Code: ":                   "Code: ",
+		"Approve the push?  ":      "Approve the push? ",
+		"Line one\nLine two\n":     "Line one\nLine two\n",
+		"":                         "",
+	} {
+		if got := promptText(in); got != want {
+			t.Errorf("promptText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
