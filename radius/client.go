@@ -95,6 +95,13 @@ type Config struct {
 	// Certificates to the client certificate the servers require.
 	// InsecureSkipVerify is refused.
 	TLS *tls.Config
+	// Observe, when not nil, is called once for every server a request was
+	// sent to, with how long that server took and the outcome: "accept",
+	// "reject", "challenge", "other" (another valid reply), "no_answer"
+	// (nothing valid in time, or the connection failed), "canceled" (the
+	// caller gave up) or "error". It must be fast and safe for concurrent
+	// use; the gateway feeds its metrics with it.
+	Observe func(server, result string, d time.Duration)
 }
 
 // Validate reports the first problem with c, if any. Error messages never
@@ -250,11 +257,13 @@ func (c *Client) exchange(ctx context.Context, req *layeh.Packet, pin string) (*
 		}
 		var resp *layeh.Packet
 		var err error
+		start := c.now()
 		if c.cfg.TLS != nil {
 			resp, err = c.exchangeTLS(ctx, s, req)
 		} else {
 			resp, err = c.exchangeOne(ctx, s, req)
 		}
+		c.observe(ctx, s.Addr, resp, err, c.now().Sub(start))
 		switch {
 		case err == nil:
 			c.setDead(s.Addr, time.Time{})
@@ -278,6 +287,32 @@ func (c *Client) exchange(ctx context.Context, req *layeh.Packet, pin string) (*
 	// Only the text of last: it must not make the result look like a
 	// deadline or cancellation of the caller's ctx.
 	return nil, "", fmt.Errorf("radius: %w: no server answered (last: %v)", ErrUnavailable, last)
+}
+
+// observe reports one server's exchange to Config.Observe.
+func (c *Client) observe(ctx context.Context, server string, resp *layeh.Packet, err error, d time.Duration) {
+	if c.cfg.Observe == nil {
+		return
+	}
+	result := "error"
+	switch {
+	case err == nil:
+		switch resp.Code {
+		case layeh.CodeAccessAccept:
+			result = "accept"
+		case layeh.CodeAccessReject:
+			result = "reject"
+		case layeh.CodeAccessChallenge:
+			result = "challenge"
+		default:
+			result = "other"
+		}
+	case ctx.Err() != nil:
+		result = "canceled"
+	case errors.Is(err, errNoAnswer):
+		result = "no_answer"
+	}
+	c.cfg.Observe(server, result, d)
 }
 
 // order returns the servers to try: those not held down, in configured

@@ -326,3 +326,41 @@ func TestExchangeConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestObserve reports one outcome per server tried: the silent first
+// server as no_answer, then the second server's accept.
+func TestObserve(t *testing.T) {
+	silent := newResponder(t, testSecret, faultNone, func(*layeh.Packet, int) *layeh.Packet { return nil })
+	good := newResponder(t, testSecret, faultNone, acceptAll)
+	var mu sync.Mutex
+	var got []string
+	cfg := Config{
+		Servers:       []Server{{Addr: silent.addr(), Secret: []byte(testSecret)}, {Addr: good.addr(), Secret: []byte(testSecret)}},
+		Timeout:       100 * time.Millisecond,
+		NASIdentifier: "sallyport-test",
+		Observe: func(server, result string, d time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			if d < 0 {
+				t.Errorf("negative duration %v", d)
+			}
+			got = append(got, server+" "+result)
+		},
+	}
+	c, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exchange(context.Background(), accessRequest("bob", "hunter2")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = c.Exchange(ctx, accessRequest("bob", "hunter2"))
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{silent.addr() + " no_answer", good.addr() + " accept"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("observed %q, want %q", got, want)
+	}
+}

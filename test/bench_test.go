@@ -1133,6 +1133,34 @@ func closeAll(ss []*idleSession) {
 // the admin token, trusting only the API's own certificate, and returns the
 // unlabelled series.
 func (g *gateway) metricsClient() (func() (map[string]float64, error), error) {
+	text, err := g.metricsTextClient()
+	if err != nil {
+		return nil, err
+	}
+	return func() (map[string]float64, error) {
+		body, err := text()
+		if err != nil {
+			return nil, err
+		}
+		m := map[string]float64{}
+		for _, line := range strings.Split(body, "\n") {
+			if line == "" || line[0] == '#' || strings.Contains(line, "{") {
+				continue
+			}
+			f := strings.Fields(line)
+			if len(f) == 2 {
+				if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+					m[f[0]] = v
+				}
+			}
+		}
+		return m, nil
+	}, nil
+}
+
+// metricsTextClient returns a function that fetches the gateway's /metrics
+// page (Prometheus text format) over its admin API.
+func (g *gateway) metricsTextClient() (func() (string, error), error) {
 	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(g.dataDir, name)) }
 	token, err := read("admin.token")
 	if err != nil {
@@ -1153,35 +1181,22 @@ func (g *gateway) metricsClient() (func() (map[string]float64, error), error) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	url := strings.TrimSpace(string(addr)) + "/metrics"
 	auth := "Bearer " + strings.TrimSpace(string(token))
-	return func() (map[string]float64, error) {
+	return func() (string, error) {
 		req, err := http.NewRequest(http.MethodGet, url, nil)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		req.Header.Set("Authorization", auth)
 		resp, err := hc.Do(req)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+			return "", fmt.Errorf("GET /metrics: %s", resp.Status)
 		}
-		m := map[string]float64{}
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			line := sc.Text()
-			if line == "" || line[0] == '#' || strings.Contains(line, "{") {
-				continue
-			}
-			f := strings.Fields(line)
-			if len(f) == 2 {
-				if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-					m[f[0]] = v
-				}
-			}
-		}
-		return m, sc.Err()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		return string(b), err
 	}, nil
 }
 

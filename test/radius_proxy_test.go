@@ -265,6 +265,24 @@ radius:
 			return strings.Contains(l, "did not answer") && strings.Contains(l, silent)
 		})
 	})
+	t.Run("Metrics", func(t *testing.T) {
+		text, err := g.metricsTextClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			`sallyport_radius_request_duration_seconds_count{result="no_answer",server="` + silent + `"} 1`,
+			`sallyport_radius_request_duration_seconds_count{result="accept",server="` + fr.Addr + `"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	})
 	t.Run("ChallengeOnSecondServer", func(t *testing.T) {
 		code, _ := freshTOTPCode(totpKey)
 		checkIn(t, g, g.SSH(t, sshRun{Login: "alice@" + web, Answers: answers{Password: "alicepass", Code: code}, Command: probeCommand}))

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sallyport/sallyport/config"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
 	"github.com/sallyport/sallyport/radius"
@@ -12,7 +14,7 @@ import (
 
 // gatewayAuth builds the gateway's authenticator for the configured mode.
 // The returned close function releases the RADIUS client's connections.
-func gatewayAuth(c *config.File, local gw.LocalUsers, log *slog.Logger) (gw.Authenticator, func(), error) {
+func gatewayAuth(c *config.File, local gw.LocalUsers, reg prometheus.Registerer, log *slog.Logger) (gw.Authenticator, func(), error) {
 	localAuth := gw.LocalAuth{Users: local}
 	if c.Auth == config.AuthLocal {
 		log.Info("authentication: local users")
@@ -23,6 +25,7 @@ func gatewayAuth(c *config.File, local gw.LocalUsers, log *slog.Logger) (gw.Auth
 		return nil, nil, err
 	}
 	rlog := log.With("component", "radius")
+	rcfg.Observe = gw.RADIUSMetrics(reg)
 	client, err := radius.New(rcfg, rlog)
 	config.WipeRADIUS(&rcfg) // the client keeps its own copy
 	if err != nil {

@@ -139,14 +139,13 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	defer queue.Close()
 	creds := engine.NewCredentials(queue, devSite, siteKey, devRequestQueue, log)
 
-	auth, closeAuth, err := gatewayAuth(o.cfg, v, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	auth, closeAuth, err := gatewayAuth(o.cfg, v, reg, log)
 	if err != nil {
 		return err
 	}
 	defer closeAuth()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gateway, err := gw.NewServer(gw.Config{
 		HostSigners:    []gossh.Signer{hostKey},
 		Auth:           auth,
