@@ -15,6 +15,8 @@ have useradd || [ -x /usr/sbin/useradd ] || need_pkgs+=(passwd)
 # FreeRADIUS (RADIUS client tests); radclient for debugging by hand.
 have freeradius || [ -x /usr/sbin/freeradius ] || need_pkgs+=(freeradius)
 have radclient || need_pkgs+=(freeradius-utils)
+# SoftHSM2: the PKCS#11 key-provider tests run against a real software token.
+{ have softhsm2-util && [ -f /usr/lib/softhsm/libsofthsm2.so ]; } || need_pkgs+=(softhsm2)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
