@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -35,6 +37,7 @@ type Soft struct {
 	path string
 
 	mu      sync.Mutex
+	closed  bool
 	aeads   map[string]cipher.AEAD
 	signers map[string]*ecdsa.PrivateKey
 	file    softFile
@@ -142,27 +145,19 @@ func (s *Soft) save() error {
 	return nil
 }
 
-// EnsureAESKey implements Provider.
-func (s *Soft) EnsureAESKey(_ context.Context, label string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.file.Keys[label]; ok {
-		return nil
-	}
+// GenerateAESKey implements Provider.
+func (s *Soft) GenerateAESKey(_ context.Context, label string) error {
 	k := softKey{Type: "aes256", Material: make([]byte, 32)}
 	if _, err := rand.Read(k.Material); err != nil {
 		return fmt.Errorf("soft keystore: %w", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.add(label, k)
 }
 
-// EnsureSigner implements Provider.
-func (s *Soft) EnsureSigner(_ context.Context, label string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.file.Keys[label]; ok {
-		return nil
-	}
+// GenerateSigner implements Provider.
+func (s *Soft) GenerateSigner(_ context.Context, label string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("soft keystore: %w", err)
@@ -171,10 +166,35 @@ func (s *Soft) EnsureSigner(_ context.Context, label string) error {
 	if err != nil {
 		return fmt.Errorf("soft keystore: %w", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.add(label, softKey{Type: "ecdsa-p256", Material: der})
 }
 
+// EnsureAESKey implements Provider.
+func (s *Soft) EnsureAESKey(ctx context.Context, label string) error {
+	if err := s.GenerateAESKey(ctx, label); err != nil && !errors.Is(err, ErrKeyExists) {
+		return err
+	}
+	return nil
+}
+
+// EnsureSigner implements Provider.
+func (s *Soft) EnsureSigner(ctx context.Context, label string) error {
+	if err := s.GenerateSigner(ctx, label); err != nil && !errors.Is(err, ErrKeyExists) {
+		return err
+	}
+	return nil
+}
+
+// add stores a new key; s.mu must be held.
 func (s *Soft) add(label string, k softKey) error {
+	if s.closed {
+		return ErrClosed
+	}
+	if _, ok := s.file.Keys[label]; ok {
+		return fmt.Errorf("%w: %q", ErrKeyExists, label)
+	}
 	if err := s.load(label, k); err != nil {
 		return err
 	}
@@ -188,10 +208,57 @@ func (s *Soft) add(label string, k softKey) error {
 	return nil
 }
 
-// Signer implements Provider.
-func (s *Soft) Signer(_ context.Context, label string) (crypto.Signer, error) {
+// HasKey implements Provider.
+func (s *Soft) HasKey(_ context.Context, label string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return false, ErrClosed
+	}
+	_, ok := s.file.Keys[label]
+	return ok, nil
+}
+
+// DeleteKey implements Provider.
+func (s *Soft) DeleteKey(_ context.Context, label string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	k, ok := s.file.Keys[label]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrKeyNotFound, label)
+	}
+	delete(s.file.Keys, label)
+	if err := s.save(); err != nil {
+		s.file.Keys[label] = k
+		return err
+	}
+	clear(k.Material)
+	delete(s.aeads, label)
+	delete(s.signers, label)
+	return nil
+}
+
+// Ping implements Provider; the soft keystore is always available until
+// it is closed.
+func (s *Soft) Ping(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// signer returns the ECDSA key under label.
+func (s *Soft) signer(label string) (*ecdsa.PrivateKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	k, ok := s.signers[label]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrKeyNotFound, label)
@@ -199,9 +266,83 @@ func (s *Soft) Signer(_ context.Context, label string) (crypto.Signer, error) {
 	return k, nil
 }
 
+// Signer implements Provider.
+func (s *Soft) Signer(_ context.Context, label string) (crypto.Signer, error) {
+	k, err := s.signer(label)
+	if err != nil {
+		return nil, err
+	}
+	return &softSigner{s: s, label: label, pub: &k.PublicKey}, nil
+}
+
+// softSigner signs with a soft key without handing the private key out.
+type softSigner struct {
+	s     *Soft
+	label string
+	pub   *ecdsa.PublicKey
+}
+
+// Public returns the *ecdsa.PublicKey.
+func (g *softSigner) Public() crypto.PublicKey { return g.pub }
+
+// Sign returns an ASN.1 DER ECDSA signature of digest.
+func (g *softSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	k, err := g.s.signer(g.label)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDigest(digest, opts); err != nil {
+		return nil, err
+	}
+	return ecdsa.SignASN1(r, k, digest)
+}
+
+// ECDH implements Provider.
+func (s *Soft) ECDH(_ context.Context, label string, peer *ecdh.PublicKey) ([]byte, error) {
+	if err := checkPeer(peer); err != nil {
+		return nil, err
+	}
+	k, err := s.signer(label)
+	if err != nil {
+		return nil, err
+	}
+	priv, err := k.ECDH()
+	if err != nil {
+		return nil, fmt.Errorf("soft keystore: key %q: %w", label, err)
+	}
+	secret, err := priv.ECDH(peer)
+	if err != nil {
+		return nil, fmt.Errorf("soft keystore: ECDH with key %q: %w", label, err)
+	}
+	return secret, nil
+}
+
+// ExportSigner returns a copy of the ECDSA private key under label. It
+// exists for `sallyport keys migrate`, which moves the SSH host key from
+// the soft keystore into a token so that clients' known_hosts stay valid.
+func (s *Soft) ExportSigner(label string) (*ecdsa.PrivateKey, error) {
+	k, err := s.signer(label)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := k.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("soft keystore: key %q: %w", label, err)
+	}
+	defer clear(raw)
+	out, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), raw)
+	if err != nil {
+		return nil, fmt.Errorf("soft keystore: key %q: %w", label, err)
+	}
+	return out, nil
+}
+
 func (s *Soft) aead(label string) (cipher.AEAD, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	a, ok := s.aeads[label]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrKeyNotFound, label)
@@ -222,9 +363,6 @@ func (s *Soft) Seal(_ context.Context, label string, plaintext, aad []byte) ([]b
 	return a.Seal(nonce, nonce, plaintext, aad), nil
 }
 
-// ErrOpen is returned when sealed data fails authentication.
-var ErrOpen = errors.New("hsm: sealed data failed authentication")
-
 // Open implements Provider.
 func (s *Soft) Open(_ context.Context, label string, ciphertext, aad []byte) ([]byte, error) {
 	a, err := s.aead(label)
@@ -241,7 +379,23 @@ func (s *Soft) Open(_ context.Context, label string, ciphertext, aad []byte) ([]
 	return pt, nil
 }
 
-// Close implements Provider.
-func (s *Soft) Close() error { return nil }
+// Close implements Provider: it forgets the keys (wiping the encoded key
+// material it holds) and makes later calls fail with ErrClosed. The file
+// is left as it is.
+func (s *Soft) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	for label, k := range s.file.Keys {
+		clear(k.Material)
+		delete(s.file.Keys, label)
+	}
+	clear(s.aeads)
+	clear(s.signers)
+	return nil
+}
 
 var _ Provider = (*Soft)(nil)
