@@ -3,6 +3,7 @@ module github.com/sallyport/sallyport
 go 1.26.8
 
 require (
+	github.com/miekg/pkcs11 v1.1.2
 	github.com/prometheus/client_golang v1.25.0
 	golang.org/x/crypto v0.58.0
 	layeh.com/radius v0.0.0-20231213012653-1006025d24f8
