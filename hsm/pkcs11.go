@@ -483,8 +483,8 @@ const (
 
 func faultOf(err error) fault {
 	var e pkcs11.Error
-	if err == nil || !errors.As(err, &e) {
-		return faultNone
+	if err == nil || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrClosed) || !errors.As(err, &e) {
+		return faultNone // including failures already handled by a reopen
 	}
 	switch uint(e) {
 	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
@@ -977,6 +977,9 @@ func (p *PKCS11) EnsureSigner(ctx context.Context, label string) error {
 // HasKey implements Provider: it reports whether any object on the token
 // is labelled label.
 func (p *PKCS11) HasKey(ctx context.Context, label string) (bool, error) {
+	if err := checkLabel(label); err != nil {
+		return false, err
+	}
 	var taken bool
 	err := p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		var err error
@@ -998,20 +1001,24 @@ func (p *PKCS11) DeleteKey(ctx context.Context, label string) error {
 	p.keyMu.Lock()
 	defer p.keyMu.Unlock()
 	err := p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		hs, err := findObjects(c, sh, label, anyClass, 16)
-		if err != nil {
-			return err
-		}
-		if len(hs) == 0 {
-			return p.notFound(c, label, "key")
-		}
-		p.forgetLabel(label)
-		for _, h := range hs {
-			if err := c.DestroyObject(sh, h); err != nil {
+		for first := true; ; first = false {
+			hs, err := findObjects(c, sh, label, anyClass, 16)
+			if err != nil {
 				return err
 			}
+			if len(hs) == 0 {
+				if first {
+					return p.notFound(c, label, "key")
+				}
+				return nil
+			}
+			p.forgetLabel(label)
+			for _, h := range hs {
+				if err := c.DestroyObject(sh, h); err != nil {
+					return err
+				}
+			}
 		}
-		return nil
 	})
 	if err == nil {
 		p.log.Info("deleted key from PKCS#11 token", "token", p.token, "label", label)
@@ -1040,6 +1047,9 @@ func (p *PKCS11) Ping(ctx context.Context) error {
 // 12-byte IV and a 128-bit tag. The output is a version byte (1), the IV,
 // then ciphertext and tag.
 func (p *PKCS11) Seal(ctx context.Context, label string, plaintext, aad []byte) ([]byte, error) {
+	if err := checkLabel(label); err != nil {
+		return nil, err
+	}
 	iv := make([]byte, gcmIVSize)
 	if _, err := rand.Read(iv); err != nil {
 		return nil, fmt.Errorf("hsm: %w", err)
@@ -1081,6 +1091,9 @@ func (p *PKCS11) Seal(ctx context.Context, label string, plaintext, aad []byte) 
 // Open implements Provider. Any alteration of the sealed data or aad, or
 // data sealed under another key, fails with ErrOpen.
 func (p *PKCS11) Open(ctx context.Context, label string, sealed, aad []byte) ([]byte, error) {
+	if err := checkLabel(label); err != nil {
+		return nil, err
+	}
 	var pt []byte
 	err := p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		h, err := p.handle(c, sh, label, pkcs11.CKO_SECRET_KEY)
@@ -1131,6 +1144,9 @@ func (p *PKCS11) Open(ctx context.Context, label string, sealed, aad []byte) ([]
 // after and would vanish with its session anyway. The private key itself
 // stays sensitive and non-extractable.
 func (p *PKCS11) ECDH(ctx context.Context, label string, peer *ecdh.PublicKey) ([]byte, error) {
+	if err := checkLabel(label); err != nil {
+		return nil, err
+	}
 	if err := checkPeer(peer); err != nil {
 		return nil, err
 	}
@@ -1154,7 +1170,8 @@ func (p *PKCS11) ECDH(ctx context.Context, label string, peer *ecdh.PublicKey) (
 		if err != nil {
 			return err
 		}
-		defer c.DestroyObject(sh, dh) // a session object; it goes with the session regardless
+		// A session object: it goes with the session if destroying it fails.
+		defer func() { _ = c.DestroyObject(sh, dh) }()
 		attrs, err := c.GetAttributeValue(sh, dh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
 		if err != nil {
 			return err
@@ -1174,6 +1191,9 @@ func (p *PKCS11) ECDH(ctx context.Context, label string, peer *ecdh.PublicKey) (
 // Signer implements Provider. The signer reads its public key once; each
 // Sign runs CKM_ECDSA on the token.
 func (p *PKCS11) Signer(ctx context.Context, label string) (crypto.Signer, error) {
+	if err := checkLabel(label); err != nil {
+		return nil, err
+	}
 	var pub *ecdsa.PublicKey
 	err := p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
 		if _, err := p.handle(c, sh, label, pkcs11.CKO_PRIVATE_KEY); err != nil {

@@ -698,3 +698,75 @@ func TestPKCS11WrongPINAfterReopen(t *testing.T) {
 		t.Fatalf("%d failed reopen attempts; a rejected PIN must not be retried", n)
 	}
 }
+
+func TestPKCS11RetryPolicy(t *testing.T) {
+	label, _ := newToken(t)
+	p, logs := openToken(t, label, 2)
+	p.reopenEvery = 300 * time.Millisecond
+	ctx := context.Background()
+
+	// A stale handle is looked up again, without reopening the token.
+	calls := 0
+	err := p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		calls++
+		if calls == 1 {
+			return pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)
+		}
+		return nil
+	})
+	if err != nil || calls != 2 || strings.Contains(logs.String(), "reopening") {
+		t.Fatalf("stale handle: %v after %d calls", err, calls)
+	}
+
+	// A device error that outlives a reopen makes the call unavailable,
+	// and further calls wait for the next reopen instead of hammering.
+	calls = 0
+	err = p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		calls++
+		return pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)
+	})
+	if !errors.Is(err, ErrUnavailable) || calls != 2 {
+		t.Fatalf("persistent device error: %v after %d calls", err, calls)
+	}
+	calls = 0
+	err = p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		calls++
+		return nil
+	})
+	if !errors.Is(err, ErrUnavailable) || calls != 0 {
+		t.Fatalf("call right after: %v after %d calls", err, calls)
+	}
+	time.Sleep(p.reopenEvery)
+	if err := p.Ping(ctx); err != nil {
+		t.Fatalf("Ping after the wait: %v", err)
+	}
+
+	// A key deleted elsewhere (its cached handle goes stale) is reported as
+	// missing, not as an unavailable token.
+	if err := p.GenerateSigner(ctx, LabelAuditKey); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := p.Signer(ctx, LabelAuditKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
+		hs, err := findObjects(c, sh, LabelAuditKey, anyClass, 4)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			if err := c.DestroyObject(sh, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256(nil)
+	if _, err := signer.Sign(rand.Reader, d[:], crypto.SHA256); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("Sign with a key deleted elsewhere: %v", err)
+	}
+}
