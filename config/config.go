@@ -74,6 +74,8 @@ type File struct {
 	BreakGlass []string `yaml:"break_glass"`
 	// RADIUS is required when Auth is radius or both, refused otherwise.
 	RADIUS *RADIUS `yaml:"radius"`
+	// Keys chooses where long-lived keys live. Default: the soft keystore.
+	Keys *Keys `yaml:"keys"`
 
 	dir string // of the file, for relative paths
 }
@@ -107,6 +109,38 @@ type RADIUS struct {
 	GroupsFrom []string `yaml:"groups_from"`
 	// TLS is required for the tls transport and refused for udp.
 	TLS *RADIUSTLS `yaml:"tls"`
+}
+
+// Key providers for Keys.Provider.
+const (
+	// KeysSoft keeps keys in DATA/keystore.json: for development only.
+	KeysSoft = "soft"
+	// KeysPKCS11 keeps keys in a PKCS#11 token (an HSM).
+	KeysPKCS11 = "pkcs11"
+)
+
+// Keys chooses the key provider.
+type Keys struct {
+	// Provider is soft (the default) or pkcs11.
+	Provider string `yaml:"provider"`
+	// PKCS11 is required for the pkcs11 provider and refused otherwise.
+	PKCS11 *PKCS11 `yaml:"pkcs11"`
+}
+
+// PKCS11 names a token. The PIN is never in this file: it is read from
+// PINFile or from the environment variable PINEnv (exactly one).
+type PKCS11 struct {
+	// Module is the path of the PKCS#11 library
+	// (/usr/lib/softhsm/libsofthsm2.so for SoftHSM2).
+	Module string `yaml:"module"`
+	// TokenLabel selects the token.
+	TokenLabel string `yaml:"token_label"`
+	// PINFile holds the user PIN (one line, mode 0600).
+	PINFile string `yaml:"pin_file"`
+	// PINEnv names an environment variable that holds the user PIN.
+	PINEnv string `yaml:"pin_env"`
+	// Sessions is the size of the session pool. Default 4; at most 64.
+	Sessions int `yaml:"sessions"`
 }
 
 // RADIUSServer is one RADIUS server.
@@ -218,6 +252,45 @@ func (c *File) check() error {
 		if err := c.RADIUS.check(); err != nil {
 			return fmt.Errorf("radius: %w", err)
 		}
+	}
+	if c.Keys == nil {
+		c.Keys = &Keys{}
+	}
+	if err := c.Keys.check(); err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	return nil
+}
+
+func (k *Keys) check() error {
+	switch k.Provider {
+	case "":
+		k.Provider = KeysSoft
+	case KeysSoft, KeysPKCS11:
+	default:
+		return fmt.Errorf("provider: %q is not soft or pkcs11", k.Provider)
+	}
+	if k.Provider == KeysSoft {
+		if k.PKCS11 != nil {
+			return errors.New("a pkcs11 section is given but provider is soft; set provider: pkcs11")
+		}
+		return nil
+	}
+	p := k.PKCS11
+	switch {
+	case p == nil:
+		return errors.New("provider: pkcs11 needs a pkcs11 section (module, token_label, pin_file or pin_env)")
+	case p.Module == "":
+		return errors.New("pkcs11: module is required (the path of the PKCS#11 library)")
+	case p.TokenLabel == "" || len(p.TokenLabel) > 32 || !printable(p.TokenLabel):
+		return errors.New("pkcs11: token_label is required: printable, at most 32 bytes")
+	case (p.PINFile == "") == (p.PINEnv == ""):
+		return errors.New("pkcs11: set exactly one of pin_file and pin_env; the PIN itself never goes in this file")
+	case p.Sessions < 0 || p.Sessions > 64:
+		return fmt.Errorf("pkcs11: sessions: %d is not between 0 and 64", p.Sessions)
+	}
+	if p.PINEnv != "" && (strings.ContainsAny(p.PINEnv, "= \t") || !printable(p.PINEnv)) {
+		return fmt.Errorf("pkcs11: pin_env: %q is not an environment variable name", p.PINEnv)
 	}
 	return nil
 }

@@ -156,3 +156,58 @@ func TestExampleFile(t *testing.T) {
 		t.Fatalf("example parsed as %+v", c)
 	}
 }
+
+func TestKeysSection(t *testing.T) {
+	c, err := Parse(nil, "/cfg")
+	if err != nil || c.Keys == nil || c.Keys.Provider != KeysSoft {
+		t.Fatalf("default keys: %+v, %v", c.Keys, err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hsm.pin"), []byte("123456\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Parse([]byte(`keys:
+  provider: pkcs11
+  pkcs11:
+    module: lib/libsofthsm2.so
+    token_label: sallyport
+    pin_file: hsm.pin
+`), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.PKCS11Module(); got != filepath.Join(dir, "lib/libsofthsm2.so") {
+		t.Fatalf("module path %q", got)
+	}
+	pin, err := c.PKCS11PIN()
+	if err != nil || string(pin) != "123456" {
+		t.Fatalf("pin from file: %q, %v", pin, err)
+	}
+	c, err = Parse([]byte("keys:\n  provider: pkcs11\n  pkcs11: {module: /m.so, token_label: t, pin_env: SPT_TEST_PIN}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PKCS11PIN(); err == nil || !strings.Contains(err.Error(), "SPT_TEST_PIN is not set") {
+		t.Fatalf("unset pin_env: %v", err)
+	}
+	t.Setenv("SPT_TEST_PIN", "654321")
+	if pin, err := c.PKCS11PIN(); err != nil || string(pin) != "654321" {
+		t.Fatalf("pin from env: %q, %v", pin, err)
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"keys: {provider: tpm}\n", "not soft or pkcs11"},
+		{"keys: {provider: pkcs11}\n", "needs a pkcs11 section"},
+		{"keys: {pkcs11: {module: m}}\n", "provider is soft"},
+		{"keys: {provider: pkcs11, pkcs11: {token_label: t, pin_env: P}}\n", "module is required"},
+		{"keys: {provider: pkcs11, pkcs11: {module: m, pin_env: P}}\n", "token_label is required"},
+		{"keys: {provider: pkcs11, pkcs11: {module: m, token_label: t}}\n", "exactly one of pin_file and pin_env"},
+		{"keys: {provider: pkcs11, pkcs11: {module: m, token_label: t, pin_file: f, pin_env: P}}\n", "exactly one"},
+		{"keys: {provider: pkcs11, pkcs11: {module: m, token_label: t, pin_env: P, sessions: 99}}\n", "sessions"},
+		{"keys: {provider: pkcs11, pkcs11: {module: m, token_label: t, pin: '1234'}}\n", "unknown field \"pin\""},
+	} {
+		if _, err := Parse([]byte(tc.yaml), dir); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -99,6 +99,9 @@ func newTestVault(t testing.TB, opts ...Option) *testVault {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := keys.EnsureAESKey(context.Background(), hsm.LabelKEK); err != nil {
+		t.Fatal(err)
+	}
 	tv := &testVault{dir: dir, path: filepath.Join(dir, "data", "vault.db"), keys: keys, audit: &recorder{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(tv.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	v, err := Open(context.Background(), tv.path, keys, log, tv.audit, opts...)

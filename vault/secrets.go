@@ -177,6 +177,7 @@ type secretRow struct {
 	name, host, username, kind string
 	port                       int
 	wrappedDEK, credential     []byte
+	kek                        string // label of the KEK that wraps wrappedDEK
 	hostKey                    []byte // wire format; nil until pinned
 	pinOnFirstUse              bool
 	created, updated           int64
@@ -270,7 +271,7 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 	if row.credential, err = sealWithDEK(dek, cred, credentialAAD(&row)); err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
-	if row.wrappedDEK, err = v.seal(ctx, dek, dekAAD(row.name)); err != nil {
+	if row.wrappedDEK, row.kek, err = v.seal(ctx, dek, dekAAD(row.name)); err != nil {
 		return err
 	}
 
@@ -287,10 +288,10 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO secrets
-		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.name, row.host, row.port, row.username, row.kind, row.wrappedDEK, row.credential,
-		row.hostKey, row.pinOnFirstUse, row.created, row.updated); err != nil {
+		row.hostKey, row.pinOnFirstUse, row.created, row.updated, row.kek); err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
 	for _, e := range dedupe(s.Allow) {
@@ -325,14 +326,14 @@ func (v *Vault) RemoveSecret(ctx context.Context, name string) error {
 	return nil
 }
 
-const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated`
+const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanSecret(sc scanner) (*secretRow, error) {
 	var r secretRow
 	if err := sc.Scan(&r.name, &r.host, &r.port, &r.username, &r.kind, &r.wrappedDEK, &r.credential,
-		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated); err != nil {
+		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek); err != nil {
 		return nil, err
 	}
 	return &r, nil
@@ -515,7 +516,7 @@ func (v *Vault) allowedSecrets(ctx context.Context, user string, groups []string
 // openCredential unwraps r's data key and opens its credential. The caller
 // wipes the result.
 func (v *Vault) openCredential(ctx context.Context, r *secretRow) ([]byte, error) {
-	dek, err := v.unseal(ctx, r.wrappedDEK, dekAAD(r.name))
+	dek, err := v.unseal(ctx, r.wrappedDEK, dekAAD(r.name), r.kek)
 	if err != nil {
 		return nil, err
 	}
@@ -555,7 +556,7 @@ func (v *Vault) pinHostKey(ctx context.Context, secret string, key []byte) (pinR
 	case len(r.hostKey) > 0:
 		return pinConflict, nil
 	}
-	dek, err := v.unseal(ctx, r.wrappedDEK, dekAAD(r.name))
+	dek, err := v.unseal(ctx, r.wrappedDEK, dekAAD(r.name), r.kek)
 	if err != nil {
 		return 0, err
 	}

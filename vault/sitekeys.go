@@ -30,13 +30,13 @@ func (v *Vault) SiteKey(ctx context.Context, site string) ([]byte, error) {
 	if _, err := rand.Read(fresh); err != nil {
 		return nil, fmt.Errorf("vault: site key: %w", err)
 	}
-	wrapped, err := v.seal(ctx, fresh, siteKeyAAD(site))
+	wrapped, kek, err := v.seal(ctx, fresh, siteKeyAAD(site))
 	if err != nil {
 		return nil, err
 	}
 	// Of two racing creators, the first insert wins; both then read it back.
-	res, err := v.db.ExecContext(ctx, `INSERT INTO site_keys (site, wrapped_key, created) VALUES (?, ?, ?) ON CONFLICT (site) DO NOTHING`,
-		site, wrapped, v.now().UnixNano())
+	res, err := v.db.ExecContext(ctx, `INSERT INTO site_keys (site, wrapped_key, created, kek) VALUES (?, ?, ?, ?) ON CONFLICT (site) DO NOTHING`,
+		site, wrapped, v.now().UnixNano(), kek)
 	if err != nil {
 		return nil, fmt.Errorf("vault: site key: %w", err)
 	}
@@ -53,14 +53,15 @@ func (v *Vault) lookupSiteKey(ctx context.Context, site string) ([]byte, error) 
 		return nil, fmt.Errorf("site: %w", ErrNotFound)
 	}
 	var wrapped []byte
-	err := v.db.QueryRowContext(ctx, `SELECT wrapped_key FROM site_keys WHERE site = ?`, site).Scan(&wrapped)
+	var kek string
+	err := v.db.QueryRowContext(ctx, `SELECT wrapped_key, kek FROM site_keys WHERE site = ?`, site).Scan(&wrapped, &kek)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, fmt.Errorf("site %q: %w", site, ErrNotFound)
 	case err != nil:
 		return nil, fmt.Errorf("vault: site key: %w", err)
 	}
-	key, err := v.unseal(ctx, wrapped, siteKeyAAD(site))
+	key, err := v.unseal(ctx, wrapped, siteKeyAAD(site), kek)
 	if err != nil {
 		return nil, err
 	}

@@ -82,6 +82,7 @@ func (v *Vault) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err
 		return "", fmt.Errorf("vault: add user: %w", err)
 	}
 	var sealedSeed []byte
+	kek := ""
 	uri := ""
 	if u.TOTP {
 		seed := make([]byte, totpSeedLen)
@@ -89,7 +90,7 @@ func (v *Vault) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err
 		if _, err := rand.Read(seed); err != nil {
 			return "", fmt.Errorf("vault: add user: %w", err)
 		}
-		if sealedSeed, err = v.seal(ctx, seed, totpAAD(u.Name)); err != nil {
+		if sealedSeed, kek, err = v.seal(ctx, seed, totpAAD(u.Name)); err != nil {
 			return "", err
 		}
 		uri = provisioningURI(u.Name, seed)
@@ -106,8 +107,11 @@ func (v *Vault) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err
 	case !errors.Is(err, sql.ErrNoRows):
 		return "", fmt.Errorf("vault: add user: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO users (name, password_hash, totp_seed, created) VALUES (?, ?, ?, ?)`,
-		u.Name, hash, sealedSeed, v.now().UnixNano()); err != nil {
+	if kek == "" {
+		kek = v.currentKEK() // nothing sealed; keeps the row out of rotations
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO users (name, password_hash, totp_seed, created, kek) VALUES (?, ?, ?, ?, ?)`,
+		u.Name, hash, sealedSeed, v.now().UnixNano(), kek); err != nil {
 		return "", fmt.Errorf("vault: add user: %w", err)
 	}
 	for _, g := range groups {
@@ -248,7 +252,8 @@ func (v *Vault) VerifyTOTP(ctx context.Context, user, code string) error {
 		return ErrDenied
 	}
 	var sealed []byte
-	err := v.db.QueryRowContext(ctx, `SELECT totp_seed FROM users WHERE name = ?`, user).Scan(&sealed)
+	var kek string
+	err := v.db.QueryRowContext(ctx, `SELECT totp_seed, kek FROM users WHERE name = ?`, user).Scan(&sealed, &kek)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrDenied
@@ -257,7 +262,7 @@ func (v *Vault) VerifyTOTP(ctx context.Context, user, code string) error {
 	case sealed == nil:
 		return ErrDenied
 	}
-	seed, err := v.unseal(ctx, sealed, totpAAD(user))
+	seed, err := v.unseal(ctx, sealed, totpAAD(user), kek)
 	if err != nil {
 		v.log.Error("cannot open totp seed", slog.String("user", user), slog.Any("error", err))
 		return fmt.Errorf("vault: verify totp: %w", err)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -43,7 +44,16 @@ func invalid(field, why string) error {
 type Option func(*options)
 
 type options struct {
-	now func() time.Time
+	now      func() time.Time
+	fallback hsm.Provider
+}
+
+// WithFallbackKeys tells the vault to look for a key-encryption key its own
+// provider does not hold in p. `sallyport keys migrate` opens the vault on
+// the token with the soft keystore as fallback, and re-wraps everything
+// under a KEK on the token.
+func WithFallbackKeys(p hsm.Provider) Option {
+	return func(o *options) { o.fallback = p }
 }
 
 // WithClock replaces time.Now, for tests of TOTP steps and item expiry.
@@ -59,9 +69,17 @@ func WithClock(now func() time.Time) Option {
 type Vault struct {
 	db   *sql.DB
 	keys hsm.Provider
-	log  *slog.Logger
-	sink audit.Sink
-	now  func() time.Time
+	// fallback holds KEKs that keys does not (the soft keystore during a
+	// migration to a token); where maps each label seen to its provider.
+	fallback hsm.Provider
+	where    sync.Map // label → hsm.Provider
+
+	// kekMu guards kek, the label of the KEK that seals new values.
+	kekMu sync.RWMutex
+	kek   string
+	log   *slog.Logger
+	sink  audit.Sink
+	now   func() time.Time
 
 	// hashSem bounds concurrent argon2id computations (each takes ~19 MiB).
 	hashSem chan struct{}
@@ -71,7 +89,9 @@ type Vault struct {
 }
 
 // Open opens (creating and migrating) the SQLite vault at path. keys must
-// be able to hold hsm.LabelKEK; Open creates that key if it is missing.
+// hold the current key-encryption key (hsm.LabelKEK until a rotation):
+// Open checks that it seals and opens, and never creates it, so a missing
+// or wrong key is a clear error rather than a vault nobody can read.
 // log receives operational messages (never secrets); sink receives audit
 // events. The database file must not be accessible to group or others, and
 // its directory (created 0700 if missing) must not be writable by them.
@@ -92,9 +112,6 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 	if err := prepareDBFile(path, log); err != nil {
 		return nil, err
 	}
-	if err := keys.EnsureAESKey(ctx, hsm.LabelKEK); err != nil {
-		return nil, fmt.Errorf("vault: key-encryption key: %w", err)
-	}
 	// The _pragma parameters apply to every pooled connection, which
 	// matters for foreign_keys (a per-connection setting). _txlock=immediate
 	// takes the write lock at BEGIN, so concurrent read-modify-write
@@ -106,14 +123,19 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 		return nil, fmt.Errorf("vault: open database: %w", err)
 	}
 	v := &Vault{
-		db:      db,
-		keys:    keys,
-		log:     log,
-		sink:    sink,
-		now:     o.now,
-		hashSem: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
+		db:       db,
+		keys:     keys,
+		log:      log,
+		sink:     sink,
+		now:      o.now,
+		hashSem:  make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
+		fallback: o.fallback,
 	}
 	if err := v.migrate(ctx); err != nil {
+		_ = db.Close() // the open error is the one worth reporting
+		return nil, err
+	}
+	if err := v.loadKEK(ctx); err != nil {
 		_ = db.Close() // the open error is the one worth reporting
 		return nil, err
 	}
@@ -216,6 +238,19 @@ CREATE TABLE site_keys (
 	created     INTEGER NOT NULL
 ) STRICT;
 `,
+	// Version 2: every sealed value records the label of the KEK that
+	// sealed it, so that a KEK rotation can proceed row by row and resume.
+	`
+ALTER TABLE secrets ADD COLUMN kek TEXT NOT NULL DEFAULT 'sallyport-kek';
+ALTER TABLE site_keys ADD COLUMN kek TEXT NOT NULL DEFAULT 'sallyport-kek';
+ALTER TABLE users ADD COLUMN kek TEXT NOT NULL DEFAULT 'sallyport-kek';
+CREATE TABLE kek_state (
+	id      INTEGER PRIMARY KEY CHECK (id = 1),
+	current TEXT NOT NULL,             -- seals new values
+	target  TEXT                       -- a rotation in progress re-wraps to this
+) STRICT;
+INSERT INTO kek_state (id, current) VALUES (1, 'sallyport-kek');
+`,
 }
 
 func (v *Vault) migrate(ctx context.Context) error {
@@ -269,22 +304,56 @@ func (v *Vault) migrateOne(ctx context.Context) (done bool, err error) {
 	return false, nil
 }
 
-// seal wraps plaintext under the KEK.
-func (v *Vault) seal(ctx context.Context, plaintext []byte, aad string) ([]byte, error) {
-	out, err := v.keys.Seal(ctx, hsm.LabelKEK, plaintext, []byte(aad))
+// seal wraps plaintext under the current KEK and returns that KEK's label,
+// which the caller stores next to the sealed value.
+func (v *Vault) seal(ctx context.Context, plaintext []byte, aad string) ([]byte, string, error) {
+	v.kekMu.RLock()
+	label := v.kek
+	v.kekMu.RUnlock()
+	out, err := v.sealUnder(ctx, label, plaintext, aad)
+	return out, label, err
+}
+
+func (v *Vault) sealUnder(ctx context.Context, label string, plaintext []byte, aad string) ([]byte, error) {
+	out, err := v.provider(label).Seal(ctx, label, plaintext, []byte(aad))
 	if err != nil {
-		return nil, fmt.Errorf("vault: seal under key-encryption key: %w", err)
+		return nil, fmt.Errorf("vault: seal under key-encryption key %q: %w", label, err)
 	}
 	return out, nil
 }
 
-// unseal reverses seal.
-func (v *Vault) unseal(ctx context.Context, sealed []byte, aad string) ([]byte, error) {
-	out, err := v.keys.Open(ctx, hsm.LabelKEK, sealed, []byte(aad))
+// unseal reverses seal; label is the one seal returned.
+func (v *Vault) unseal(ctx context.Context, sealed []byte, aad, label string) ([]byte, error) {
+	out, err := v.provider(label).Open(ctx, label, sealed, []byte(aad))
 	if err != nil {
-		return nil, fmt.Errorf("vault: open under key-encryption key: %w", err)
+		return nil, fmt.Errorf("vault: open under key-encryption key %q: %w", label, err)
 	}
 	return out, nil
+}
+
+// provider returns the key provider that holds the KEK called label: the
+// vault's own, or the fallback if only that one holds it.
+func (v *Vault) provider(label string) hsm.Provider {
+	if v.fallback == nil {
+		return v.keys
+	}
+	if p, ok := v.where.Load(label); ok {
+		return p.(hsm.Provider)
+	}
+	p := v.keys
+	// A failed lookup is not cached: the next call asks again.
+	ok, err := v.keys.HasKey(context.Background(), label)
+	if err != nil {
+		return p
+	}
+	if !ok {
+		if fok, ferr := v.fallback.HasKey(context.Background(), label); ferr != nil || !fok {
+			return p
+		}
+		p = v.fallback
+	}
+	v.where.Store(label, p)
+	return p
 }
 
 // stamp converts a stored unix-nanosecond time.

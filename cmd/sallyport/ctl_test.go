@@ -36,6 +36,9 @@ func startCtlEnv(t *testing.T) *ctlTestEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := keys.EnsureAESKey(context.Background(), hsm.LabelKEK); err != nil {
+		t.Fatal(err)
+	}
 	v, err := vault.Open(context.Background(), filepath.Join(dir, "vault.db"), keys, log, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,11 @@ func devMain(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sallyport dev: bad --log-level %q\n", *logLevel)
 		return 2
 	}
-	cfg := &config.File{Auth: config.AuthLocal}
+	cfg, err := config.Parse(nil, ".")
+	if err != nil {
+		fmt.Fprintf(stderr, "sallyport dev: %v\n", err)
+		return 2
+	}
 	if *cfgPath != "" {
 		c, err := config.Load(*cfgPath)
 		if err != nil {
@@ -92,15 +96,35 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	}
 	sink := audit.Log{L: log}
 
-	keys, err := hsm.OpenSoft(filepath.Join(o.data, "keystore.json"))
+	release, err := lockData(o.data)
+	if err != nil {
+		return err
+	}
+	defer release()
+	keys, err := openKeys(o.cfg, o.data, log)
 	if err != nil {
 		return err
 	}
 	defer keys.Close()
-	log.Warn("using the soft keystore: keys are in a file, which is for development only; use a PKCS#11 token in production",
-		"path", filepath.Join(o.data, "keystore.json"))
-	if err := keys.EnsureSigner(ctx, hsm.LabelSSHHostKey); err != nil {
+	dbPath := filepath.Join(o.data, "vault.db")
+	_, statErr := os.Stat(dbPath)
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	if o.cfg.Keys.Provider == config.KeysSoft {
+		// The development bootstrap: keys are made on first use. A vault
+		// that exists never gets a fresh KEK, which could open nothing.
+		if err := keys.EnsureSigner(ctx, hsm.LabelSSHHostKey); err != nil {
+			return err
+		}
+		if fresh {
+			if err := keys.EnsureAESKey(ctx, hsm.LabelKEK); err != nil {
+				return err
+			}
+		}
+	} else if ok, err := keys.HasKey(ctx, hsm.LabelSSHHostKey); err != nil {
 		return err
+	} else if !ok {
+		return fmt.Errorf("the SSH host key %q is not on %s: create the keys with `sallyport keys init --config FILE`",
+			hsm.LabelSSHHostKey, providerName(o.cfg))
 	}
 	hostSigner, err := keys.Signer(ctx, hsm.LabelSSHHostKey)
 	if err != nil {
@@ -114,7 +138,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		return err
 	}
 
-	v, err := vault.Open(ctx, filepath.Join(o.data, "vault.db"), keys, log, sink)
+	v, err := vault.Open(ctx, dbPath, keys, log, sink)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@
 //
 //	sallyport dev   vault, engine, SSH proxy and admin API in one process
 //	sallyport ctl   the admin CLI over the vault's API
+//	sallyport keys  key setup, KEK rotation and migration to a PKCS#11 token
 //
 // This package only wires packages together; the logic lives in them.
 package main
@@ -46,6 +47,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return devMain(args[1:], stderr)
 	case "ctl":
 		return ctlMain(args[1:], stdin, stdout, stderr)
+	case "keys":
+		return keysMain(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sallyport", version)
 		return 0
@@ -64,6 +67,7 @@ func usage(w io.Writer) {
 commands:
   dev      run vault, engine, SSH proxy and admin API in one process (embedded defaults)
   ctl      administer users and secrets through the vault API
+  keys     create, rotate and migrate keys (soft keystore or PKCS#11 token)
   version  print the version
 
 Run 'sallyport <command> -h' for a command's flags.
