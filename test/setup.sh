@@ -18,6 +18,9 @@ have radclient || need_pkgs+=(freeradius-utils)
 # SoftHSM2: the PKCS#11 key-provider tests run against a real software token.
 { have softhsm2-util && [ -f /usr/lib/softhsm/libsofthsm2.so ]; } || need_pkgs+=(softhsm2)
 
+# pkcs11-tool reads the token's public keys independently of sallyport.
+have pkcs11-tool || need_pkgs+=(opensc)
+
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test/setup.sh: missing ${need_pkgs[*]}; run as root to install them" >&2
