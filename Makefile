@@ -56,6 +56,7 @@ $(TOOLS)/gosec:
 .PHONY: bench
 bench: ## benchmarks against the real alternatives (see BENCHMARKS.md)
 	bash test/setup.sh
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s -timeout 10m ./hsm/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/
 
 .PHONY: clean

@@ -5,7 +5,10 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
+	"net"
 	"testing"
+
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // The benchmarks run against every test provider (the soft keystore and,
@@ -135,5 +138,93 @@ func BenchmarkOpen(b *testing.B) {
 			}
 			reportRate(b, "opens/s")
 		})
+	}
+}
+
+// BenchmarkSSHHandshake runs whole SSH handshakes (curve25519 key exchange,
+// the server signing the exchange hash with its host key) between an
+// x/crypto/ssh client and server over in-memory pipes, with the host key in
+// each provider: the gateway's cost per connection for its host key.
+func BenchmarkSSHHandshake(b *testing.B) {
+	for _, tp := range testProviders {
+		for _, parallel := range []bool{false, true} {
+			name := tp.name
+			if parallel {
+				name += "/parallel"
+			}
+			b.Run(name, func(b *testing.B) {
+				signer, err := gossh.NewSignerFromSigner(benchSigner(b, tp.open(b)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				srv := &gossh.ServerConfig{NoClientAuth: true}
+				srv.KeyExchanges = []string{gossh.KeyExchangeCurve25519}
+				srv.AddHostKey(signer)
+				cli := &gossh.ClientConfig{
+					User:            "bench",
+					HostKeyCallback: gossh.FixedHostKey(signer.PublicKey()),
+					Config:          gossh.Config{KeyExchanges: []string{gossh.KeyExchangeCurve25519}},
+				}
+				// Loopback TCP: net.Pipe is unbuffered, and both sides
+				// send their version line before reading.
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer ln.Close()
+				one := func() error {
+					c, err := net.Dial("tcp", ln.Addr().String())
+					if err != nil {
+						return err
+					}
+					a, err := ln.Accept()
+					if err != nil {
+						_ = c.Close()
+						return err
+					}
+					done := make(chan error, 1)
+					go func() {
+						sc, chans, reqs, err := gossh.NewServerConn(a, srv)
+						if err == nil {
+							go gossh.DiscardRequests(reqs)
+							go func() {
+								for ch := range chans {
+									_ = ch.Reject(gossh.Prohibited, "")
+								}
+							}()
+							err = sc.Wait()
+						}
+						done <- err
+					}()
+					cc, _, _, err := gossh.NewClientConn(c, "bench", cli)
+					if err != nil {
+						_ = a.Close()
+						<-done
+						return err
+					}
+					_ = cc.Close()
+					<-done
+					return nil
+				}
+				b.ResetTimer()
+				if parallel {
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if err := one(); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				} else {
+					for i := 0; i < b.N; i++ {
+						if err := one(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				reportRate(b, "handshakes/s")
+			})
+		}
 	}
 }
