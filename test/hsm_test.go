@@ -162,9 +162,45 @@ func TestHSMGateway(t *testing.T) {
 	user := g.AddUser(t, "hsmuser", false)
 	secret := g.Name("hsmweb")
 	g.AddSecret(t, secretSpec{Name: secret, Allow: []string{user.Name}})
-	out := g.SSH(t, sshRun{Login: user.Name + "@" + secret, Answers: user.Answers(), Command: "echo hsm-ok $(id -un)"})
-	if out.Code != 0 || strings.TrimSpace(out.Stdout) != "hsm-ok "+g.target.User {
+	loginOK := func() (result, bool) {
+		out := g.SSH(t, sshRun{Login: user.Name + "@" + secret, Answers: user.Answers(), Command: "echo hsm-ok $(id -un)"})
+		return out, out.Code == 0 && strings.TrimSpace(out.Stdout) == "hsm-ok "+g.target.User
+	}
+	if out, ok := loginOK(); !ok {
 		t.Fatalf("login through the HSM-keyed gateway:\n%s\nlog tail:\n%s", out, g.LogTail(20))
+	}
+
+	// The token goes away: the gateway neither crashes nor serves; it
+	// comes back by itself once the token is back.
+	tokenDirs, err := filepath.Glob(filepath.Join(h.dir, "tokens", "*"))
+	if err != nil || len(tokenDirs) != 1 {
+		t.Fatalf("token directories: %v, %v", tokenDirs, err)
+	}
+	away := filepath.Join(h.dir, "removed-token")
+	if err := os.Rename(tokenDirs[0], away); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the gateway's one-second readiness cache
+	if out, ok := loginOK(); ok || out.Code != 255 {
+		t.Fatalf("a login succeeded with the token removed:\n%s", out)
+	}
+	g.WaitLog(t, "that it is not ready", func(l string) bool { return strings.Contains(l, "not ready") })
+	if err := g.exited(); err != nil {
+		t.Fatalf("the gateway died when the token was removed: %v\n%s", err, g.LogTail(30))
+	}
+	if err := os.Rename(away, tokenDirs[0]); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, ok := loginOK()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no login within 30 s of the token coming back:\n%s\nlog tail:\n%s", out, g.LogTail(30))
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 

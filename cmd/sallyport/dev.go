@@ -179,6 +179,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		Metrics:        gw.NewMetrics(reg),
 		IdleTimeout:    o.idle,
 		MaxSessionTime: o.maxSession,
+		Ready:          newReadiness(keys).Ready,
 	})
 	if err != nil {
 		return err

@@ -62,6 +62,11 @@ type Config struct {
 	FailedLoginBurst int
 	FailedLoginEvery time.Duration
 
+	// Ready, when set, is asked before each new connection's handshake;
+	// an error (the key provider holding the host key is unavailable)
+	// closes the connection at once. It should answer from a cache.
+	Ready func(ctx context.Context) error
+
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -114,6 +119,8 @@ type Server struct {
 	srcLimit  *limiter
 	userLimit *limiter
 	handshake chan struct{} // semaphore of MaxHandshakes
+
+	lastNotReady atomic.Int64 // unix ns of the last "not ready" log line
 
 	ctx    context.Context // parent of every connection's context
 	cancel context.CancelFunc
@@ -198,6 +205,17 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		go c.serve()
 	}
+}
+
+// notReady logs that connections are being closed because Ready failed,
+// at most once every 10 seconds.
+func (s *Server) notReady(err error) {
+	now := s.cfg.Now().UnixNano()
+	last := s.lastNotReady.Load()
+	if now-last < int64(10*time.Second) || !s.lastNotReady.CompareAndSwap(last, now) {
+		return
+	}
+	s.cfg.Log.Error("not ready: closing new connections until the key provider is back", "err", err)
 }
 
 func (s *Server) isClosing() bool {

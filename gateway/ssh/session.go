@@ -34,6 +34,14 @@ func (c *conn) serve() {
 	}
 	defer release()
 
+	if ready := c.srv.cfg.Ready; ready != nil {
+		if err := ready(c.ctx); err != nil {
+			// The host key cannot sign (token removed, module failing):
+			// close now rather than fail half-way through the handshake.
+			c.srv.notReady(err)
+			return
+		}
+	}
 	_ = c.nc.SetDeadline(c.srv.cfg.Now().Add(c.srv.cfg.HandshakeTimeout))
 	sconn, chans, reqs, err := gossh.NewServerConn(c.nc, c.serverConfig())
 	if err != nil {
