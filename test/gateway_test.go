@@ -227,7 +227,7 @@ func (g *gateway) ctl(stdin string, args ...string) (result, error) {
 
 // AddUser creates a gateway user with a fresh password (and a TOTP secret
 // when totp is set) and returns it.
-func (g *gateway) AddUser(t *testing.T, name string, totp bool, groups ...string) gatewayUser {
+func (g *gateway) AddUser(t testing.TB, name string, totp bool, groups ...string) gatewayUser {
 	t.Helper()
 	u, err := g.addUser(gatewayUser{Name: name, Password: newGatewayPassword()}, totp, groups...)
 	if err != nil {
