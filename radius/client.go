@@ -270,13 +270,16 @@ func (c *Client) exchange(ctx context.Context, req *layeh.Packet, pin string) (*
 			return resp, s.Addr, nil
 		case ctx.Err() != nil:
 			return nil, "", ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded):
-			return nil, "", err
 		case errors.Is(err, errNoAnswer):
+			// Before the deadline case: the cause of a server's silence
+			// can match context.DeadlineExceeded (a resolver timeout)
+			// without being the caller's deadline.
 			c.logger.Warn("radius server did not answer; holding it down",
 				"server", s.Addr, "hold_down", c.cfg.HoldDown, "error", err)
 			c.setDead(s.Addr, c.now().Add(c.cfg.HoldDown))
 			last = err
+		case errors.Is(err, context.DeadlineExceeded):
+			return nil, "", err
 		default:
 			return nil, "", err
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -362,5 +363,36 @@ func TestObserve(t *testing.T) {
 	want := []string{silent.addr() + " no_answer", good.addr() + " accept"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("observed %q, want %q", got, want)
+	}
+}
+
+// TestExchangeFailoverAfterDNSTimeout: a server whose name cannot be
+// resolved in time is a server that did not answer. The resolver's timeout
+// error matches context.DeadlineExceeded, which must not be taken for the
+// caller's deadline: the client fails over instead of giving up.
+func TestExchangeFailoverAfterDNSTimeout(t *testing.T) {
+	// Not parallel: it swaps the process's resolver for its duration.
+	saved := net.DefaultResolver
+	net.DefaultResolver = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		return nil, context.DeadlineExceeded // a DNS server that does not answer
+	}}
+	defer func() { net.DefaultResolver = saved }()
+
+	good := newResponder(t, testSecret, faultNone, acceptAll)
+	c := testClient(t, nil, "radius-a.example.net:1812", good.addr())
+	resp, err := c.Exchange(context.Background(), accessRequest("bob", "hunter2"))
+	if err != nil || resp.Code != layeh.CodeAccessAccept {
+		t.Fatalf("Exchange() = %v, %v; want the second server's Access-Accept", resp, err)
+	}
+	if c.deadTill["radius-a.example.net:1812"].IsZero() {
+		t.Error("the unresolvable server was not held down")
+	}
+
+	// With only the unresolvable server, the caller learns the service is
+	// unavailable, not that its own deadline passed.
+	c1 := testClient(t, nil, "radius-a.example.net:1812")
+	_, err = c1.Exchange(context.Background(), accessRequest("bob", "hunter2"))
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Exchange() error = %v, want ErrUnavailable and not DeadlineExceeded", err)
 	}
 }
