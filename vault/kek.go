@@ -52,7 +52,8 @@ func (v *Vault) currentKEK() string {
 }
 
 // loadKEK reads the current KEK's label and checks, with a seal and open
-// round trip, that the provider holds it.
+// round trip, that the provider holds it, and by opening values stored
+// under it (and under a rotation's target) that it is the right key.
 func (v *Vault) loadKEK(ctx context.Context) error {
 	st, err := v.kekState(ctx, v.db)
 	if err != nil {
@@ -82,9 +83,78 @@ func (v *Vault) loadKEK(ctx context.Context) error {
 		}
 		return fmt.Errorf("vault: the key-encryption key %q is not usable: %w%s", st.Current, err, hint)
 	}
+	// The round trip shows only that some key has the label. Values
+	// already sealed under it show that it is the right one: a token or
+	// keystore holding another key under the same label would otherwise
+	// open the vault and then fail every read, and seal new values under a
+	// key the old ones were not sealed with.
+	for _, label := range []string{st.Current, st.Target} {
+		if label == "" {
+			continue
+		}
+		if err := v.checkStoredUnder(ctx, label); err != nil {
+			return err
+		}
+	}
 	if st.Target != "" {
 		v.log.Warn("a key-encryption key rotation is unfinished; run `sallyport keys rotate-kek` (or `keys migrate`) to finish it",
 			slog.String("current", st.Current), slog.String("target", st.Target))
+	}
+	return nil
+}
+
+// kekSampleRows is how many stored values checkStoredUnder tries to open.
+const kekSampleRows = 3
+
+// checkStoredUnder opens a few of the values recorded as sealed under the
+// KEK label and fails if there are some and none of them opens: the
+// provider's key of that name is not the one they were sealed with. One
+// damaged value is not enough to refuse the vault.
+func (v *Vault) checkStoredUnder(ctx context.Context, label string) error {
+	tried := 0
+	var last error
+	for _, t := range kekTables {
+		if tried >= kekSampleRows {
+			break
+		}
+		// #nosec G202 -- table and column names are constants
+		rows, err := v.db.QueryContext(ctx, `SELECT `+t.key+`, `+t.col+` FROM `+t.table+` WHERE `+t.col+` IS NOT NULL AND kek = ? LIMIT ?`,
+			label, kekSampleRows-tried)
+		if err != nil {
+			return fmt.Errorf("vault: read sealed values: %w", err)
+		}
+		type item struct {
+			key    string
+			sealed []byte
+		}
+		var items []item
+		for rows.Next() {
+			var it item
+			if err := rows.Scan(&it.key, &it.sealed); err != nil {
+				_ = rows.Close()
+				return fmt.Errorf("vault: read sealed values: %w", err)
+			}
+			items = append(items, it)
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("vault: read sealed values: %w", err)
+		}
+		for _, it := range items {
+			tried++
+			plain, err := v.unseal(ctx, it.sealed, t.aad(it.key), label)
+			clear(plain)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, hsm.ErrOpen) {
+				return err
+			}
+			last = err
+		}
+	}
+	if last != nil {
+		return fmt.Errorf("vault: the key-encryption key %q does not open the values sealed under it: "+
+			"this provider holds another key under that label (use the keystore or token they were sealed with): %w", label, last)
 	}
 	return nil
 }

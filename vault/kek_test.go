@@ -205,3 +205,43 @@ func TestOpenRefusesMissingKEK(t *testing.T) {
 		t.Fatalf("database: %v", err)
 	}
 }
+
+// A provider that holds another key under the vault's KEK label (a token
+// used before, a keystore from another vault) must not open the vault: the
+// round trip alone would pass, and every stored value would then fail.
+func TestOpenRefusesOtherKeyUnderKEKLabel(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVault(t)
+	fillVault(t, tv, 3)
+	tv.Close()
+	other, err := hsm.OpenSoft(filepath.Join(t.TempDir(), "other.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.EnsureAESKey(ctx, hsm.LabelKEK); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, tv.path, other, discardLogger(), nil); !errors.Is(err, hsm.ErrOpen) ||
+		!strings.Contains(err.Error(), "does not open the values sealed under it") {
+		t.Fatalf("another key under the KEK's label: %v", err)
+	}
+	// The same with the right key as a fallback: the provider's own key
+	// of that name wins, and it is the wrong one.
+	if _, err := Open(ctx, tv.path, other, discardLogger(), nil, WithFallbackKeys(tv.keys)); !errors.Is(err, hsm.ErrOpen) {
+		t.Fatalf("another key under the KEK's label, right one as fallback: %v", err)
+	}
+	// One damaged value does not make the vault unopenable.
+	v, err := Open(ctx, tv.path, tv.keys, discardLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.db.ExecContext(ctx, `UPDATE secrets SET wrapped_dek = x'00' WHERE rowid = (SELECT min(rowid) FROM secrets)`); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	v, err = Open(ctx, tv.path, tv.keys, discardLogger(), nil)
+	if err != nil {
+		t.Fatalf("one damaged value: %v", err)
+	}
+	v.Close()
+}
