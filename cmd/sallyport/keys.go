@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -188,6 +189,26 @@ func (k keysCmd) init(ctx context.Context) error {
 	return printHostKey(ctx, k.out, keys)
 }
 
+// sameHostKey checks that the SSH host key on the token is the one in the
+// soft keystore, so that a migration never leaves clients facing a host key
+// they do not know (or a token holding half a key pair).
+func sameHostKey(ctx context.Context, soft, token hsm.Provider, where string) error {
+	want, err := soft.Signer(ctx, hsm.LabelSSHHostKey)
+	if err != nil {
+		return fmt.Errorf("SSH host key: %w", err)
+	}
+	got, err := token.Signer(ctx, hsm.LabelSSHHostKey)
+	if err != nil {
+		return fmt.Errorf("SSH host key on %s: %w", where, err)
+	}
+	wantPub, ok := want.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !wantPub.Equal(got.Public()) {
+		return fmt.Errorf("%s on %s is not the SSH host key of the soft keystore, which clients know: "+
+			"delete it from the token to move the soft keystore's key there", hsm.LabelSSHHostKey, where)
+	}
+	return nil
+}
+
 // ensure creates the key called label with gen unless it exists.
 func ensure(ctx context.Context, out io.Writer, where, label string,
 	gen func(context.Context, string) error, has func(context.Context, string) (bool, error)) error {
@@ -360,7 +381,13 @@ func (k keysCmd) migrate(ctx context.Context) error {
 	// other signers are made fresh on the token.
 	if ok, err := token.HasKey(ctx, hsm.LabelSSHHostKey); err != nil {
 		return err
-	} else if !ok {
+	} else if ok {
+		// Moved by an earlier run, or made some other way: only the key
+		// clients already know will do.
+		if err := sameHostKey(ctx, soft, token, where); err != nil {
+			return err
+		}
+	} else {
 		key, err := soft.ExportSigner(hsm.LabelSSHHostKey)
 		if err != nil {
 			return fmt.Errorf("SSH host key: %w", err)
@@ -383,6 +410,30 @@ func (k keysCmd) migrate(ctx context.Context) error {
 	st, err := v.KEKState(ctx)
 	if err != nil {
 		return err
+	}
+	if st.Target != "" {
+		// A rotation begun in the soft keystore (`keys rotate-kek` before
+		// the configuration named the token) has values sealed under a
+		// target key that only the soft keystore holds. Finish it there
+		// first: making a key of the same name on the token would leave
+		// those values under a label whose key is not theirs.
+		onToken, err := token.HasKey(ctx, st.Target)
+		if err != nil {
+			return err
+		}
+		inSoft, err := soft.HasKey(ctx, st.Target)
+		if err != nil {
+			return err
+		}
+		if !onToken && inSoft {
+			fmt.Fprintf(k.out, "finishing the rotation to %s begun in %s first\n", st.Target, softPath)
+			if _, err := k.rewrapAll(ctx, v, soft); err != nil {
+				return err
+			}
+			if st, err = v.KEKState(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	if onToken, err := token.HasKey(ctx, st.Current); err != nil {
 		return err
