@@ -26,7 +26,10 @@ func (r *readiness) Ready(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if now := time.Now(); now.Sub(r.checked) >= r.ttl {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		// The answer is cached for every connection: one whose own context
+		// is already cancelled (its client gone) must not record that as
+		// the provider's state.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		r.err = r.keys.Ping(pctx)
 		cancel()
 		r.checked = time.Now()
