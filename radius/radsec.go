@@ -554,8 +554,11 @@ func (rc *radsecConn) dispatch(b []byte) {
 		}
 		rc.freeLocked(id)
 		rc.replies++
-		rc.mu.Unlock()
+		// Delivered before the lock is released (the channel is buffered
+		// and this is its only send): a request that sees the connection
+		// end after this must find its reply, not report it lost.
 		w.reply <- resp
+		rc.mu.Unlock()
 	}
 }
 

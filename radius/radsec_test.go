@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -841,5 +842,55 @@ func TestRadSecCloseUDP(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRadSecReplyNotLostToConnectionEnd: a reply the reader has accepted
+// for a request is that request's, even if the connection ends at the same
+// moment. A request that sees the connection end must find the reply
+// already delivered, or it reports the connection lost and the request is
+// sent again: a one-time code would then be used twice.
+func TestRadSecReplyNotLostToConnectionEnd(t *testing.T) {
+	t.Parallel()
+	c := &Client{cfg: Config{Timeout: time.Second}, logger: slog.New(slog.DiscardHandler)}
+	srv := Server{Addr: "127.0.0.1:2083", Secret: []byte(testSecret)}
+	p := &radsecPeer{c: c, srv: srv}
+	const id = 7
+	wire, err := encode(accessRequest("bob", "123456"), srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire[1] = id
+	signRequest(wire, srv.Secret)
+	req, err := layeh.Parse(wire, srv.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := signReply(req.Response(layeh.CodeAccessAccept), req.Authenticator, srv.Secret, faultNone)
+
+	for i := range 5000 {
+		a, b := net.Pipe()
+		rc := &radsecConn{peer: p, raw: a, wsem: make(chan struct{}, 1), freed: make(chan struct{}), dead: make(chan struct{})}
+		w := &radsecWaiter{req: wire, reply: make(chan *layeh.Packet, 1)}
+		rc.slots[id] = w
+		var wg sync.WaitGroup
+		wg.Go(func() { rc.dispatch(reply) })
+		wg.Go(func() { rc.fail(errors.New("connection reset")) })
+		// What roundTrip does when it sees the connection end.
+		<-rc.dead
+		got := false
+		select {
+		case <-w.reply:
+			got = true
+		default:
+		}
+		wg.Wait()
+		rc.mu.Lock()
+		delivered := rc.replies
+		rc.mu.Unlock()
+		_ = b.Close()
+		if delivered == 1 && !got {
+			t.Fatalf("iteration %d: the reply was taken for the request, but the request saw only the connection end", i)
+		}
 	}
 }
