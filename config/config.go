@@ -414,6 +414,13 @@ func withPort(addr, port string) (string, error) {
 	if host == "" || strings.ContainsAny(host, " /\t[]") || !printable(host) {
 		return "", fmt.Errorf("address %q is not host or host:port", addr)
 	}
+	// A host with a colon can only be an IPv6 address; anything else is a
+	// mistyped address that would be dialled, and fail, at every login.
+	if strings.Contains(host, ":") {
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.Is6() {
+			return "", fmt.Errorf("address %q is not host or host:port", addr)
+		}
+	}
 	if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
 		return "", fmt.Errorf("address %q has an invalid port", addr)
 	}
