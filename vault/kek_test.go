@@ -245,3 +245,43 @@ func TestOpenRefusesOtherKeyUnderKEKLabel(t *testing.T) {
 	}
 	v.Close()
 }
+
+// Values already re-wrapped under a rotation's target, opened with a
+// provider that lacks the target key (the rotation was begun on another
+// provider): Open must refuse, or resuming would make a fresh key under the
+// target's label and strand those values.
+func TestOpenRefusesMissingRotationTarget(t *testing.T) {
+	ctx := context.Background()
+	tv := newTestVault(t)
+	fillVault(t, tv, 3)
+	raw, err := os.ReadFile(filepath.Join(tv.dir, "keystore.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(t.TempDir(), "copy.json")
+	if err := os.WriteFile(copyPath, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := tv.keys.GenerateAESKey(ctx, "sallyport-kek-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tv.BeginKEKRotation(ctx, "sallyport-kek-2"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := tv.RewrapStep(ctx, 2); err != nil || n != 2 {
+		t.Fatalf("rewrap: %d, %v", n, err)
+	}
+	tv.Close()
+	without, err := hsm.OpenSoft(copyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, tv.path, without, discardLogger(), nil); !errors.Is(err, hsm.ErrKeyNotFound) {
+		t.Fatalf("rotation target missing: %v", err)
+	}
+	v, err := Open(ctx, tv.path, tv.keys, discardLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+}
