@@ -25,7 +25,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -180,7 +179,7 @@ const (
 
 // Load reads, checks and completes the configuration file at path.
 func Load(path string) (*File, error) {
-	f, err := os.Open(path) // #nosec G304 -- the operator names the file
+	f, _, err := openRegular(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}

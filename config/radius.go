@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/sallyport/sallyport/radius"
 )
@@ -117,18 +116,11 @@ func (c *File) radiusTLS() (*tls.Config, error) {
 // newline (LF or CRLF) is removed; what is left must not be empty. Errors
 // never contain the file's contents.
 func ReadSecretFile(path string) ([]byte, error) {
-	f, err := os.Open(path) // #nosec G304 -- the operator names the file
+	f, st, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("%s has mode %04o; a secret file must not be accessible by group or others (chmod 600)", path, perm)
 	}
@@ -159,7 +151,7 @@ func ReadSecretFile(path string) ([]byte, error) {
 
 // readBounded reads a public file such as a certificate, at most 64 KiB.
 func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path) // #nosec G304 -- the operator names the file
+	f, _, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -201,5 +202,27 @@ radius:
 		if err != nil && strings.Contains(err.Error(), "PRIVATE KEY") {
 			t.Errorf("error quotes key material: %v", err)
 		}
+	}
+}
+
+// TestFIFONotOpened: a secret path that names a FIFO is refused at once
+// instead of blocking start-up until someone writes to it.
+func TestFIFONotOpened(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := ReadSecretFile(p); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("FIFO: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reading a FIFO blocked")
+	}
+	if _, err := Load(p); err == nil {
+		t.Fatal("a FIFO was loaded as the configuration")
 	}
 }
