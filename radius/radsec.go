@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,6 +46,11 @@ var (
 	// errAllAbandoned ends a connection on which every identifier is held
 	// by a request that got no reply: the server is not answering on it.
 	errAllAbandoned = errors.New("all 256 identifiers are held by requests that got no reply")
+	// errSilent ends a connection on which a request timed out without the
+	// server sending anything at all since it was written: a half-open
+	// connection (a firewall dropped it) would otherwise take every later
+	// request down with it until TCP keepalive noticed, minutes later.
+	errSilent = errors.New("the server sent nothing while a request waited for its reply")
 )
 
 // frameLengthError is errFrameLength with the offending length.
@@ -319,8 +325,10 @@ type radsecConn struct {
 	next    uint8              // where the search for a free identifier starts
 	freed   chan struct{}      // closed (and replaced) when an identifier is freed
 	replies int                // verified replies delivered
-	err     error              // why the connection ended; set once
-	dead    chan struct{}      // closed when err is set
+	// lastFrame is when the last frame began or ended (unix ns).
+	lastFrame atomic.Int64
+	err       error         // why the connection ended; set once
+	dead      chan struct{} // closed when err is set
 }
 
 // radsecWaiter is one request waiting for its reply.
@@ -358,6 +366,7 @@ func (rc *radsecConn) roundTrip(ctx context.Context, req *layeh.Packet) (*layeh.
 		return nil, err
 	}
 	sent = true
+	sentAt := time.Now().UnixNano()
 	select {
 	case resp := <-w.reply:
 		answered = true
@@ -373,6 +382,9 @@ func (rc *radsecConn) roundTrip(ctx context.Context, req *layeh.Packet) (*layeh.
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-timer.C:
+		if rc.lastFrame.Load() < sentAt {
+			rc.fail(errSilent)
+		}
 		return nil, fmt.Errorf("%w: %s: no reply within %v", errNoAnswer, p.srv.Addr, p.c.cfg.Timeout)
 	}
 }
@@ -512,7 +524,12 @@ func (rc *radsecConn) write(ctx context.Context, expired <-chan time.Time, wire 
 // it must arrive within Config.Timeout.
 func (rc *radsecConn) readLoop() {
 	timeout := rc.peer.c.cfg.Timeout
-	armed := func() { _ = rc.raw.SetReadDeadline(time.Now().Add(timeout)) }
+	armed := func() {
+		// A frame has begun: the server is alive, and the rest of it
+		// must follow within the timeout.
+		rc.lastFrame.Store(time.Now().UnixNano())
+		_ = rc.raw.SetReadDeadline(time.Now().Add(timeout))
+	}
 	for {
 		b, err := readFrame(rc.tc, armed)
 		if err != nil {
@@ -520,6 +537,7 @@ func (rc *radsecConn) readLoop() {
 			return
 		}
 		_ = rc.raw.SetReadDeadline(time.Time{})
+		rc.lastFrame.Store(time.Now().UnixNano())
 		rc.dispatch(b)
 	}
 }
@@ -596,6 +614,9 @@ func (rc *radsecConn) fail(cause error) {
 		log.Warn("radsec connection closed: the server ended it inside a frame", "server", addr)
 	case isTimeout(cause):
 		log.Warn("radsec connection closed: frame not completed in time", "server", addr, "timeout", rc.peer.c.cfg.Timeout)
+	case errors.Is(cause, errSilent):
+		log.Warn("radsec connection closed; the next request dials again", "server", addr, "reason", cause.Error(),
+			"timeout", rc.peer.c.cfg.Timeout)
 	case errors.Is(cause, errAllAbandoned):
 		log.Warn("radsec connection closed", "server", addr, "reason", cause.Error())
 	case waiting == 0 && replies > 0:

@@ -894,3 +894,31 @@ func TestRadSecReplyNotLostToConnectionEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestRadSecSilentConnectionRedialled: a connection on which a request got
+// no frame at all within the timeout (half-open: a firewall dropped it) is
+// closed, so that the next request dials again instead of waiting on it.
+func TestRadSecSilentConnectionRedialled(t *testing.T) {
+	var r *radsecResponder
+	r = newRadSecResponder(t, rsOptions{}, func(req *layeh.Packet, _, conn int) ([]byte, bool) {
+		if conn == 0 {
+			return nil, false // the first connection has gone silent
+		}
+		return r.reply(req, layeh.CodeAccessAccept, faultNone), false
+	})
+	var logs syncBuffer
+	c := radsecTestClient(t, &logs, nil, 300*time.Millisecond, r.addr())
+	if _, err := c.Exchange(t.Context(), accessRequest("bob", "hunter2")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("silent connection: %v, want ErrUnavailable", err)
+	}
+	resp, err := c.Exchange(t.Context(), accessRequest("bob", "hunter2"))
+	if err != nil || resp.Code != layeh.CodeAccessAccept {
+		t.Fatalf("after a silent connection: %v, %v; want an Accept on a new connection", resp, err)
+	}
+	if n := r.conns(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+	if !strings.Contains(logs.String(), "the next request dials again") {
+		t.Errorf("the closed connection was not logged:\n%s", logs.String())
+	}
+}
