@@ -185,8 +185,9 @@ func (a *Authenticator) request(login Login, password, state []byte) (*layeh.Pac
 
 // challengePrompt joins the Reply-Message attributes of a challenge; RFC 2865
 // §5.18 lets a server split one message over several. Control characters
-// other than newlines are removed so a server cannot drive the user's
-// terminal.
+// other than newlines, and bidirectional-text controls (which can make a
+// prompt display as something else), are removed so a server cannot drive
+// the user's terminal or disguise a prompt.
 func challengePrompt(p *layeh.Packet) string {
 	var sb strings.Builder
 	for _, avp := range p.Attributes {
@@ -195,7 +196,7 @@ func challengePrompt(p *layeh.Packet) string {
 		}
 	}
 	text := strings.Map(func(r rune) rune {
-		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\n') {
+		if r == utf8.RuneError || (unicode.IsControl(r) && r != '\n') || unicode.Is(unicode.Bidi_Control, r) {
 			return -1
 		}
 		return r

@@ -202,3 +202,11 @@ func TestAuthenticateChallengeStaysOnServer(t *testing.T) {
 		t.Errorf("second server saw %d requests, want 0", n)
 	}
 }
+
+func TestChallengePromptStripsControls(t *testing.T) {
+	p := &layeh.Packet{Code: layeh.CodeAccessChallenge}
+	p.Add(rfc2865.ReplyMessage_Type, layeh.Attribute("Enter \x1b[2Jcode\u202e:edoc\u2066\r\nline two"))
+	if got, want := challengePrompt(p), "Enter [2Jcode:edoc\nline two"; got != want {
+		t.Fatalf("challengePrompt = %q, want %q", got, want)
+	}
+}
