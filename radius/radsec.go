@@ -362,11 +362,12 @@ func (rc *radsecConn) roundTrip(ctx context.Context, req *layeh.Packet) (*layeh.
 			rc.abandon(id, w, sent)
 		}
 	}()
+	// Taken before the write: the reply may begin before write returns.
+	sentAt := time.Now().UnixNano()
 	if err := rc.write(ctx, timer.C, wire); err != nil {
 		return nil, err
 	}
 	sent = true
-	sentAt := time.Now().UnixNano()
 	select {
 	case resp := <-w.reply:
 		answered = true
