@@ -792,6 +792,31 @@ func (p *PKCS11) wrap(op, label string, err error) error {
 // GenerateAESKey implements Provider: it generates an AES-256 key on the
 // token (sensitive, non-extractable, for encrypt/decrypt and wrap/unwrap).
 func (p *PKCS11) GenerateAESKey(ctx context.Context, label string) error {
+	return p.create(ctx, label, "generate AES key", "generated AES-256 key on PKCS#11 token",
+		func(c *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte) error {
+			_, err := c.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+				pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+				pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+				pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+				pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+				pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+				pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+			})
+			return err
+		})
+}
+
+// create makes a key under label with mk, given a fresh CKA_ID, unless
+// the label is taken (ErrKeyExists). Creations are serialized so that two
+// callers in this process cannot take one label twice.
+func (p *PKCS11) create(ctx context.Context, label, op, done string, mk func(c *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte) error) error {
 	if err := checkLabel(label); err != nil {
 		return err
 	}
@@ -809,27 +834,12 @@ func (p *PKCS11) GenerateAESKey(ctx context.Context, label string) error {
 		if taken {
 			return fmt.Errorf("%w: %q on token %q", ErrKeyExists, label, p.token)
 		}
-		_, err = c.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
-			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
-			pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
-			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-			pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-		})
-		return err
+		return mk(c, sh, id)
 	})
 	if err == nil {
-		p.log.Info("generated AES-256 key on PKCS#11 token", "token", p.token, "label", label)
+		p.log.Info(done, "token", p.token, "label", label)
 	}
-	return p.wrap("generate AES key", label, err)
+	return p.wrap(op, label, err)
 }
 
 // ecPublicTemplate and ecPrivateTemplate are the attributes of the EC key
@@ -866,31 +876,12 @@ func ecPrivateTemplate(label string, id []byte) []*pkcs11.Attribute {
 // on the token. The private key is sensitive and non-extractable and can
 // sign and derive (ECDH); the public key can verify.
 func (p *PKCS11) GenerateSigner(ctx context.Context, label string) error {
-	if err := checkLabel(label); err != nil {
-		return err
-	}
-	id, err := newID()
-	if err != nil {
-		return err
-	}
-	p.keyMu.Lock()
-	defer p.keyMu.Unlock()
-	err = p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		taken, err := p.labelTaken(c, sh, label)
-		if err != nil {
+	return p.create(ctx, label, "generate EC key pair", "generated ECDSA P-256 key pair on PKCS#11 token",
+		func(c *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte) error {
+			_, _, err := c.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+				ecPublicTemplate(label, id), ecPrivateTemplate(label, id)[1:]) // the mechanism sets the private key's class
 			return err
-		}
-		if taken {
-			return fmt.Errorf("%w: %q on token %q", ErrKeyExists, label, p.token)
-		}
-		_, _, err = c.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
-			ecPublicTemplate(label, id), ecPrivateTemplate(label, id)[1:]) // the mechanism sets the private key's class
-		return err
-	})
-	if err == nil {
-		p.log.Info("generated ECDSA P-256 key pair on PKCS#11 token", "token", p.token, "label", label)
-	}
-	return p.wrap("generate EC key pair", label, err)
+		})
 }
 
 // ImportSigner stores key on the token under label: the private key as a
@@ -925,37 +916,21 @@ func (p *PKCS11) ImportSigner(ctx context.Context, label string, key *ecdsa.Priv
 	if err != nil {
 		return fmt.Errorf("hsm: ImportSigner: %w", err)
 	}
-	id, err := newID()
-	if err != nil {
-		return err
-	}
-	p.keyMu.Lock()
-	defer p.keyMu.Unlock()
-	err = p.do(ctx, func(c *pkcs11.Ctx, sh pkcs11.SessionHandle) error {
-		taken, err := p.labelTaken(c, sh, label)
-		if err != nil {
-			return err
-		}
-		if taken {
-			return fmt.Errorf("%w: %q on token %q", ErrKeyExists, label, p.token)
-		}
-		pub, err := c.CreateObject(sh, append(ecPublicTemplate(label, id), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, ecPoint)))
-		if err != nil {
-			return err
-		}
-		privTmpl := append(ecPrivateTemplate(label, id),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256Params),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw))
-		if _, err := c.CreateObject(sh, privTmpl); err != nil {
-			_ = c.DestroyObject(sh, pub) // undoing half an import; the real error follows
-			return err
-		}
-		return nil
-	})
-	if err == nil {
-		p.log.Info("imported ECDSA P-256 key pair into PKCS#11 token", "token", p.token, "label", label)
-	}
-	return p.wrap("import EC key pair", label, err)
+	return p.create(ctx, label, "import EC key pair", "imported ECDSA P-256 key pair into PKCS#11 token",
+		func(c *pkcs11.Ctx, sh pkcs11.SessionHandle, id []byte) error {
+			pub, err := c.CreateObject(sh, append(ecPublicTemplate(label, id), pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, ecPoint)))
+			if err != nil {
+				return err
+			}
+			privTmpl := append(ecPrivateTemplate(label, id),
+				pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256Params),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE, raw))
+			if _, err := c.CreateObject(sh, privTmpl); err != nil {
+				_ = c.DestroyObject(sh, pub) // undoing half an import; the real error follows
+				return err
+			}
+			return nil
+		})
 }
 
 // EnsureAESKey implements Provider.
