@@ -33,6 +33,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/goccy/go-yaml"
+
+	"github.com/sallyport/sallyport/vault"
 )
 
 // MaxFileSize bounds the configuration file.
@@ -239,7 +241,7 @@ func (c *File) check() error {
 	}
 	seen := map[string]bool{}
 	for i, u := range c.BreakGlass {
-		if !validUser(u) {
+		if !vault.ValidUserName(u) {
 			return fmt.Errorf("break_glass[%d]: %q is not a valid user name", i, u)
 		}
 		if seen[u] {
@@ -424,15 +426,6 @@ func withPort(addr, port string) (string, error) {
 		return "", fmt.Errorf("address %q has an invalid port", addr)
 	}
 	return net.JoinHostPort(host, p), nil
-}
-
-// validUser is the gateway's user-name rule: printable UTF-8 with no
-// whitespace, ',' or ':', at most 128 bytes.
-func validUser(s string) bool {
-	if s == "" || len(s) > 128 || s == "." || s == ".." || !printable(s) {
-		return false
-	}
-	return !strings.ContainsAny(s, ",: ")
 }
 
 func printable(s string) bool {

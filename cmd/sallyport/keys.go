@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -152,6 +150,27 @@ type keysCmd struct {
 
 func (k keysCmd) dbPath() string { return filepath.Join(k.data, "vault.db") }
 
+// openVault takes the data directory's lock and opens the configured key
+// provider and the vault on it; done releases all three.
+func (k keysCmd) openVault(ctx context.Context) (_ *vault.Vault, _ hsm.Provider, done func(), err error) {
+	release, err := lockData(k.data)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keys, err := openKeys(k.cfg, k.data, k.log)
+	if err != nil {
+		release()
+		return nil, nil, nil, err
+	}
+	v, err := vault.Open(ctx, k.dbPath(), keys, k.log, audit.Log{L: k.log})
+	if err != nil {
+		_ = keys.Close()
+		release()
+		return nil, nil, nil, err
+	}
+	return v, keys, func() { _ = v.Close(); _ = keys.Close(); release() }, nil
+}
+
 func (k keysCmd) init(ctx context.Context) error {
 	release, err := lockData(k.data)
 	if err != nil {
@@ -238,28 +257,17 @@ func printHostKey(ctx context.Context, out io.Writer, keys hsm.Provider) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(pub.Marshal())
 	fmt.Fprintf(out, "SSH host key: %s", gossh.MarshalAuthorizedKey(pub))
-	fmt.Fprintf(out, "SSH host key fingerprint: SHA256:%s\n", base64.RawStdEncoding.EncodeToString(sum[:]))
+	fmt.Fprintf(out, "SSH host key fingerprint: %s\n", gossh.FingerprintSHA256(pub))
 	return nil
 }
 
 func (k keysCmd) status(ctx context.Context) error {
-	release, err := lockData(k.data)
+	v, _, done, err := k.openVault(ctx)
 	if err != nil {
 		return err
 	}
-	defer release()
-	keys, err := openKeys(k.cfg, k.data, k.log)
-	if err != nil {
-		return err
-	}
-	defer keys.Close()
-	v, err := vault.Open(ctx, k.dbPath(), keys, k.log, audit.Log{L: k.log})
-	if err != nil {
-		return err
-	}
-	defer v.Close()
+	defer done()
 	st, err := v.KEKState(ctx)
 	if err != nil {
 		return err
@@ -272,21 +280,11 @@ func (k keysCmd) status(ctx context.Context) error {
 }
 
 func (k keysCmd) rotate(ctx context.Context, destroy bool) error {
-	release, err := lockData(k.data)
+	v, keys, done, err := k.openVault(ctx)
 	if err != nil {
 		return err
 	}
-	defer release()
-	keys, err := openKeys(k.cfg, k.data, k.log)
-	if err != nil {
-		return err
-	}
-	defer keys.Close()
-	v, err := vault.Open(ctx, k.dbPath(), keys, k.log, audit.Log{L: k.log})
-	if err != nil {
-		return err
-	}
-	defer v.Close()
+	defer done()
 	old, err := k.rewrapAll(ctx, v, keys)
 	if err != nil {
 		return err
