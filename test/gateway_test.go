@@ -210,19 +210,22 @@ func (g *gateway) MustCtl(t testing.TB, stdin string, args ...string) result {
 }
 
 func (g *gateway) ctl(stdin string, args ...string) (result, error) {
-	c := command{
-		Path:  g.bin,
-		Args:  append([]string{"ctl", "--data", g.dataDir}, args...),
-		Stdin: stdin,
-	}
+	c := cliCommand(g.bin, append([]string{"ctl", "--data", g.dataDir}, args...)...)
+	c.Stdin = stdin
+	r, err := runCommand(c)
+	g.record(r)
+	return r, err
+}
+
+// cliCommand runs a short-lived sallyport command (ctl, keys).
+func cliCommand(bin string, args ...string) command {
+	c := command{Path: bin, Args: args}
 	if _, set := os.LookupEnv("GORACE"); !set {
 		// A -race binary sleeps 1 s at exit to catch late races; in a
 		// short-lived CLI that is a second per call for nothing.
 		c.Env = []string{"GORACE=atexit_sleep_ms=0"}
 	}
-	r, err := runCommand(c)
-	g.record(r)
-	return r, err
+	return c
 }
 
 // AddUser creates a gateway user with a fresh password (and a TOTP secret

@@ -109,10 +109,8 @@ func sallyport(t *testing.T, timeout time.Duration, args ...string) result {
 	if env.buildErr != nil {
 		t.Fatalf("sallyport binary is missing: %v", env.buildErr)
 	}
-	c := command{Path: env.bin, Args: args, Timeout: timeout}
-	if _, set := os.LookupEnv("GORACE"); !set {
-		c.Env = []string{"GORACE=atexit_sleep_ms=0"}
-	}
+	c := cliCommand(env.bin, args...)
+	c.Timeout = timeout
 	return run(t, c)
 }
 
