@@ -22,7 +22,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -181,17 +180,9 @@ const (
 
 // Load reads, checks and completes the configuration file at path.
 func Load(path string) (*File, error) {
-	f, _, err := openRegular(path)
+	b, err := readRegular(path, MaxFileSize, false)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
-	}
-	defer func() { _ = f.Close() }()
-	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("config: %s: %w", path, err)
-	}
-	if len(b) > MaxFileSize {
-		return nil, fmt.Errorf("config: %s: larger than %d bytes", path, MaxFileSize)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

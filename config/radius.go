@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 
@@ -116,22 +115,9 @@ func (c *File) radiusTLS() (*tls.Config, error) {
 // newline (LF or CRLF) is removed; what is left must not be empty. Errors
 // never contain the file's contents.
 func ReadSecretFile(path string) ([]byte, error) {
-	f, st, err := openRegular(path)
+	b, err := readRegular(path, maxSecretFile, true)
 	if err != nil {
 		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o; a secret file must not be accessible by group or others (chmod 600)", path, perm)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		clear(b)
-		return nil, err
-	}
-	if len(b) > maxSecretFile {
-		clear(b)
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSecretFile)
 	}
 	n := len(b)
 	if bytes.HasSuffix(b[:n], []byte("\n")) {
@@ -150,18 +136,4 @@ func ReadSecretFile(path string) ([]byte, error) {
 }
 
 // readBounded reads a public file such as a certificate, at most 64 KiB.
-func readBounded(path string) ([]byte, error) {
-	f, _, err := openRegular(path)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxSecretFile {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxSecretFile)
-	}
-	return b, nil
-}
+func readBounded(path string) ([]byte, error) { return readRegular(path, maxSecretFile, false) }
