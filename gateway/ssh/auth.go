@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -36,22 +37,30 @@ func (c *conn) serverConfig() *gossh.ServerConfig {
 		},
 		MaxAuthTries:  3,
 		ServerVersion: "SSH-2.0-Sallyport",
+		// Called once the key exchange is done: the machine part of the
+		// handshake is over, and a person may now take their time.
+		PreAuthConnCallback: func(gossh.ServerPreAuthConn) { c.keyExchanged() },
 		KeyboardInteractiveCallback: func(meta gossh.ConnMetadata, challenge gossh.KeyboardInteractiveChallenge) (*gossh.Permissions, error) {
+			user, secret, ok := c.precheck(meta.User())
 			ask := func(ctx context.Context, instruction string, prompts []Prompt) ([]string, error) {
 				return askKI(challenge, instruction, prompts)
 			}
+			// The password is asked for even when precheck refused, so that
+			// a refusal without checking looks like any other from outside.
 			answers, err := ask(c.ctx, "", []Prompt{{Text: "Password: "}})
-			if err != nil {
+			if err != nil || !ok {
 				return nil, errLoginRefused
 			}
-			return c.authenticate(meta.User(), []byte(answers[0]), ask)
+			return c.authenticate(user, secret, []byte(answers[0]), ask)
 		},
 		PasswordCallback: func(meta gossh.ConnMetadata, password []byte) (*gossh.Permissions, error) {
-			ask := func(context.Context, string, []Prompt) ([]string, error) { return nil, ErrNotInteractive }
-			if len(password) > maxAnswerLen {
+			defer clear(password)
+			user, secret, ok := c.precheck(meta.User())
+			if !ok || len(password) > maxAnswerLen {
 				return nil, errLoginRefused
 			}
-			return c.authenticate(meta.User(), password, ask)
+			ask := func(context.Context, string, []Prompt) ([]string, error) { return nil, ErrNotInteractive }
+			return c.authenticate(user, secret, password, ask)
 		},
 	}
 	for _, k := range c.srv.cfg.HostSigners {
@@ -92,20 +101,64 @@ func askKI(challenge gossh.KeyboardInteractiveChallenge, instruction string, pro
 	return answers, nil
 }
 
-// authenticate runs the whole login: rate limits, the authenticator, the
-// choice of target, and the credential checkout. Every refusal returns
-// errLoginRefused; the real cause goes to the log and the audit sink.
-func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Permissions, error) {
+// Reasons for logins refused without checking any credential. They name
+// the counts of the tally, never per-attempt lines.
+const (
+	refusedTooLong   = "login_too_long"
+	refusedMalformed = "login_malformed"
+	refusedLimited   = "rate_limited"
+)
+
+// precheck is what every login attempt goes through before anything about
+// it is stored, logged or checked: the login name's length and form, then
+// the failed-login limiter, which may refuse it or make it wait. Refusals
+// here are attack traffic: they are counted against the source and
+// tallied, never logged one by one, and the name itself is never kept.
+func (c *conn) precheck(login string) (user, secret string, ok bool) {
+	s := c.srv
+	refuse := func(reason string) (string, string, bool) {
+		s.logins.Failed("", c.source)
+		s.unchecked.Add(c.source, reason)
+		s.cfg.Metrics.login(false)
+		return "", "", false
+	}
+	if len(login) > MaxLoginLen {
+		return refuse(refusedTooLong)
+	}
+	user, secret, err := ParseLogin(login)
+	if err != nil {
+		return refuse(refusedMalformed)
+	}
+	d := s.logins.Check(user, c.source)
+	if !d.Allow {
+		return refuse(refusedLimited)
+	}
+	if d.Delay > 0 {
+		// The source is failing a lot: make it wait. This holds one of the
+		// source's own few pending slots, nobody else's.
+		t := time.NewTimer(d.Delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			return "", "", false
+		}
+	}
+	return user, secret, true
+}
+
+// authenticate runs the rest of a login that passed precheck: the
+// authenticator, the choice of target, and the credential checkout. Every
+// refusal returns errLoginRefused; the real cause goes to the log and the
+// audit sink. It wipes password.
+func (c *conn) authenticate(user, secret string, password []byte, ask Asker) (*gossh.Permissions, error) {
 	defer clear(password)
 	cfg := &c.srv.cfg
 	ctx := c.ctx
-	log := c.log()
-	ev := audit.Event{Kind: "login", User: login, Source: c.src.String()}
-	userKey := login // the gateway user once parsed
+	ev := audit.Event{Kind: "login", User: user, Secret: secret, Source: c.src.String()}
 	refuse := func(reason string, err error, count bool) (*gossh.Permissions, error) {
 		if count {
-			c.srv.srcLimit.fail(c.src.Addr().String())
-			c.srv.userLimit.fail(userKey)
+			c.srv.logins.Failed(user, c.source)
 		}
 		cfg.Metrics.login(false)
 		ev.Outcome = "denied"
@@ -114,18 +167,6 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 		return nil, errLoginRefused
 	}
 
-	// The per-user limit is keyed on the gateway user alone, so varying the
-	// secret part of the login does not buy more guesses.
-	user, secret, err := ParseLogin(login)
-	if err != nil {
-		return refuse("bad login name", nil, true)
-	}
-	userKey = user
-	ev.User, ev.Secret = user, secret
-	if !c.srv.srcLimit.allow(c.src.Addr().String()) || !c.srv.userLimit.allow(userKey) {
-		log.Warn("failed-login limit reached; refusing without checking", "user", user)
-		return refuse("rate limited", nil, false)
-	}
 	id, err := cfg.Auth.Authenticate(ctx, Login{User: user, Source: c.src, Password: password}, ask)
 	if errors.Is(err, ErrUnavailable) {
 		// An outage is not the user's fault: say so, and do not count it
@@ -136,10 +177,13 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 	if err != nil {
 		return refuse("authentication failed", err, true)
 	}
+	// The user proved who they are from here: a known source from now on,
+	// whatever they do next.
+	c.srv.logins.Succeeded(user, c.source)
 	if secret == "" {
 		secret, err = c.menu(ctx, id, ask)
 		if err != nil {
-			return refuse("no target chosen", err, true)
+			return refuse("no target chosen", err, false)
 		}
 		ev.Secret = secret
 	}
@@ -154,7 +198,7 @@ func (c *conn) authenticate(login string, password []byte, ask Asker) (*gossh.Pe
 		return refuse("checkout refused", err, true)
 	}
 	c.cred.Wipe()
-	c.login, c.id, c.secret, c.cred = login, id, secret, cred
+	c.id, c.secret, c.cred = id, secret, cred
 	cfg.Metrics.login(true)
 	ev.Outcome = "ok"
 	cfg.Audit.Record(ctx, ev)

@@ -31,5 +31,5 @@ func (a LocalAuth) Authenticate(ctx context.Context, login Login, ask Asker) (Id
 			return Identity{}, fmt.Errorf("%w: totp: %v", ErrDenied, err)
 		}
 	}
-	return Identity{User: login.User, Groups: groups}, nil
+	return Identity{User: login.User, Groups: groups, Local: true}, nil
 }

@@ -15,13 +15,24 @@ import (
 // 40 ms per round, several times per login. Once the handshake is over,
 // reads go straight through.
 type quickAckConn struct {
-	*net.TCPConn
+	net.Conn
 	rc   syscall.RawConn
 	done atomic.Bool
 }
 
+// withQuickAck wraps nc if a TCP connection lies under it (through
+// NetConn methods, as the admission wrapper has); reads and closes still
+// go through nc.
 func withQuickAck(nc net.Conn) net.Conn {
-	tc, ok := nc.(*net.TCPConn)
+	inner := nc
+	for range 4 {
+		u, ok := inner.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		inner = u.NetConn()
+	}
+	tc, ok := inner.(*net.TCPConn)
 	if !ok {
 		return nc
 	}
@@ -29,7 +40,7 @@ func withQuickAck(nc net.Conn) net.Conn {
 	if err != nil {
 		return nc
 	}
-	return &quickAckConn{TCPConn: tc, rc: rc}
+	return &quickAckConn{Conn: nc, rc: rc}
 }
 
 func (q *quickAckConn) Read(p []byte) (int, error) {
@@ -38,7 +49,7 @@ func (q *quickAckConn) Read(p []byte) (int, error) {
 			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1) // #nosec G115 -- a file descriptor fits in int
 		})
 	}
-	return q.TCPConn.Read(p)
+	return q.Conn.Read(p)
 }
 
 func (q *quickAckConn) handshakeDone() { q.done.Store(true) }

@@ -20,6 +20,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/workitem"
 )
 
@@ -461,7 +462,7 @@ func TestForwardingRefused(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.FailedLoginBurst = 2; c.FailedLoginEvery = time.Hour })
+	f := newFixture(t, func(c *Config) { c.Logins.PairBurst = 2; c.Logins.PairEvery = time.Hour })
 	for i := 0; i < 2; i++ {
 		if _, err := f.dial("alice@web01", "wrong"); err == nil {
 			t.Fatal("wrong password accepted")
@@ -470,22 +471,43 @@ func TestRateLimit(t *testing.T) {
 	if _, err := f.dial("alice@web01", "alice-pw"); err == nil {
 		t.Fatal("right password accepted while rate limited")
 	}
+	// The limit is alice's at this source, not the source's.
+	if _, err := f.dial("bob@nosuch", "bob-pw"); err == nil {
+		t.Fatal("bob logged in to a secret he may not use")
+	}
+	if _, err := f.dialFrom("127.0.0.2", "alice@web01", "alice-pw"); err != nil {
+		t.Fatalf("alice from another source: %v", err)
+	}
 }
 
 func TestRateLimitPerUserIgnoresSecret(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.FailedLoginBurst = 2; c.FailedLoginEvery = time.Hour })
-	// Varying the secret part must not reset the user's budget; each try
-	// comes from a fresh source so only the per-user limit can trip.
-	for i, login := range []string{"alice@a", "alice@b"} {
-		if _, err := f.dialFrom(fmt.Sprintf("127.0.0.%d", 10+i), login, "wrong"); err == nil {
+	f := newFixture(t, func(c *Config) {
+		c.Logins.PairBurst = 2
+		c.Logins.PairEvery = time.Hour
+		c.Logins.UserBurst = 3
+		c.Logins.UserEvery = time.Hour
+	})
+	// Varying the secret part must not reset the pair's budget.
+	for _, login := range []string{"alice@a", "alice@b"} {
+		if _, err := f.dialFrom("127.0.0.10", login, "wrong"); err == nil {
 			t.Fatal("wrong password accepted")
 		}
 	}
-	if _, err := f.dialFrom("127.0.0.20", "alice@web01", "alice-pw"); err == nil {
-		t.Fatal("right password accepted while the user is rate limited")
+	if _, err := f.dialFrom("127.0.0.10", "alice@web01", "alice-pw"); err == nil {
+		t.Fatal("right password accepted while the pair is rate limited")
 	}
-	if _, err := f.dialFrom("127.0.0.22", "alice@web01", "alice-pw"); err == nil {
-		t.Fatal("alice still limited from a new source")
+	// alice logs in from her usual place; then strangers guess at her name.
+	if _, err := f.dialFrom("127.0.0.30", "alice@web01", "alice-pw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.dialFrom("127.0.0.11", "alice@web01", "wrong"); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if _, err := f.dialFrom("127.0.0.20", "alice@web01", "alice-pw"); err == nil {
+		t.Fatal("right password accepted from a new source while the user's budget is spent")
+	}
+	if _, err := f.dialFrom("127.0.0.30", "alice@web01", "alice-pw"); err != nil {
+		t.Fatalf("alice locked out of her known source by strangers' guesses: %v", err)
 	}
 }
 
@@ -540,7 +562,10 @@ func (downAuth) Authenticate(context.Context, Login, Asker) (Identity, error) {
 }
 
 func TestServiceUnavailableIsToldAndNotCounted(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.Auth = downAuth{}; c.FailedLoginBurst = 1; c.FailedLoginEvery = time.Hour })
+	f := newFixture(t, func(c *Config) {
+		c.Auth = downAuth{}
+		c.Logins = admit.LoginConfig{PairBurst: 1, SourceBurst: 1, UserBurst: 1, PairEvery: time.Hour, SourceEvery: time.Hour, UserEvery: time.Hour}
+	})
 	for i := 0; i < 3; i++ { // more than the burst: outages must not lock anyone out
 		var told string
 		cfg := &gossh.ClientConfig{
@@ -560,8 +585,8 @@ func TestServiceUnavailableIsToldAndNotCounted(t *testing.T) {
 			t.Fatalf("attempt %d: user was told %q, want the unavailable message", i, told)
 		}
 	}
-	if !f.srv.srcLimit.allow("127.0.0.1") {
-		t.Fatal("an outage counted against the source's login budget")
+	if d := f.srv.logins.Check("alice", netip.MustParsePrefix("127.0.0.1/32")); !d.Allow || d.Delay != 0 {
+		t.Fatalf("an outage counted against the login budget: %+v", d)
 	}
 }
 

@@ -25,14 +25,6 @@ func (c *conn) serve() {
 	defer c.srv.forget(c)
 	defer c.cancel()
 	defer c.nc.Close()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			<-c.srv.handshake
-		}
-	}
-	defer release()
 
 	if ready := c.srv.cfg.Ready; ready != nil {
 		if err := ready(c.ctx); err != nil {
@@ -42,7 +34,9 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	_ = c.nc.SetDeadline(c.srv.cfg.Now().Add(c.srv.cfg.HandshakeTimeout))
+	// Machines first: the banner and key exchange must be over within
+	// seconds (keyExchanged then allows the longer login deadline).
+	_ = c.nc.SetDeadline(c.started.Add(c.srv.cfg.KeyExchangeTimeout))
 	sconn, chans, reqs, err := gossh.NewServerConn(c.nc, c.serverConfig())
 	if err != nil {
 		c.cred.Wipe()
@@ -57,7 +51,9 @@ func (c *conn) serve() {
 		q.handshakeDone()
 	}
 	c.authenticated.Store(true)
-	release()
+	if c.ac != nil {
+		c.ac.Admit()
+	}
 	log := c.log().With("user", c.id.User, "secret", c.secret)
 
 	cred := c.cred
@@ -113,7 +109,7 @@ func (c *conn) serve() {
 			}
 			if nch.ChannelType() != "session" {
 				_ = nch.Reject(gossh.Prohibited, "only sessions are allowed through this gateway")
-				log.Warn("channel refused", "type", nch.ChannelType())
+				c.warn(log, "channel refused", "type", logSafe(nch.ChannelType()))
 				continue
 			}
 			wg.Add(1)
@@ -146,9 +142,107 @@ func (c *conn) serve() {
 	if p := c.endCause.Load(); p != nil {
 		cause = *p
 	}
-	log.Info("session ended", "cause", cause, "bytes_up", up.Load(), "bytes_down", down.Load(), "duration", dur.Round(time.Millisecond).String())
+	attrs := []slog.Attr{slog.Int64("bytes_up", up.Load()), slog.Int64("bytes_down", down.Load()),
+		slog.String("duration", dur.Round(time.Millisecond).String()), slog.String("cause", cause)}
+	if n := c.warnings.Load() - maxWarnings; n > 0 {
+		attrs = append(attrs, slog.Int64("warnings_not_logged", n))
+	}
+	log.LogAttrs(context.Background(), slog.LevelInfo, "session ended", attrs...)
 	c.srv.cfg.Audit.Record(context.WithoutCancel(c.ctx), audit.Event{Kind: "session_end", Outcome: "ok", User: c.id.User, Source: c.src.String(), Secret: c.secret,
-		Attrs: []slog.Attr{slog.Int64("bytes_up", up.Load()), slog.Int64("bytes_down", down.Load()), slog.String("duration", dur.Round(time.Millisecond).String()), slog.String("cause", cause)}})
+		Attrs: attrs})
+}
+
+// keyExchanged moves a connection from its machine phase to its person
+// phase: the key exchange is done, so the deadline becomes the login
+// deadline, and admission spares it while connections still stalled in
+// their machine phase remain.
+func (c *conn) keyExchanged() {
+	_ = c.nc.SetDeadline(c.started.Add(c.srv.cfg.HandshakeTimeout))
+	if c.ac != nil {
+		c.ac.Handshaken()
+	}
+}
+
+// maxWarnings is how many warnings one connection may log about what its
+// authenticated user asked for and was refused; the rest are counted and
+// reported once, at the session's end.
+const maxWarnings = 5
+
+// warn logs a refusal of something an authenticated user asked for, within
+// the connection's warning budget, so that one user cannot flood the log.
+func (c *conn) warn(log *slog.Logger, msg string, args ...any) {
+	if c.warnings.Add(1) <= maxWarnings {
+		log.Warn(msg, args...)
+	}
+}
+
+// logSafe bounds a client-chosen string (a channel or request type) for
+// a log line.
+func logSafe(s string) string {
+	const max = 64
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "") + "…"
+	}
+	return s
+}
+
+// track and untrack keep the client's open session channels, so that a
+// revocation can tell each of them why the session ends.
+func (c *conn) track(ch gossh.Channel) {
+	c.chMu.Lock()
+	defer c.chMu.Unlock()
+	if c.chans == nil {
+		c.chans = map[gossh.Channel]struct{}{}
+	}
+	c.chans[ch] = struct{}{}
+}
+
+func (c *conn) untrack(ch gossh.Channel) {
+	c.chMu.Lock()
+	defer c.chMu.Unlock()
+	delete(c.chans, ch)
+}
+
+// revocationNotice bounds how long a revoked session's message may take to
+// reach a client that is not reading.
+const revocationNotice = time.Second
+
+// revoke ends the connection because its grant no longer holds: the user
+// or the secret was removed. Each open session channel gets msg on stderr
+// first. It returns at once; the connection's own goroutines finish.
+func (c *conn) revoke(msg string) {
+	if !c.endCause.CompareAndSwap(nil, &causeRevoked) {
+		return // already ending for another reason
+	}
+	c.srv.cfg.Audit.Record(context.WithoutCancel(c.ctx), audit.Event{Kind: "session_revoked", Outcome: "denied",
+		User: c.id.User, Source: c.src.String(), Secret: c.secret, Attrs: []slog.Attr{slog.String("reason", "grant no longer holds")}})
+	c.chMu.Lock()
+	chans := make([]gossh.Channel, 0, len(c.chans))
+	for ch := range c.chans {
+		chans = append(chans, ch)
+	}
+	c.chMu.Unlock()
+	var wg sync.WaitGroup
+	for _, ch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Blocks only while the client's window is full; closing
+			// the connection below ends it.
+			_, _ = fmt.Fprintf(ch.Stderr(), "\r\nsallyport: %s\r\n", msg)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(revocationNotice)
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	t.Stop()
+	_ = c.nc.Close()
+	<-done
 }
 
 // replyNone answers every global request from the client with failure. That
@@ -219,7 +313,7 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *targetConn, up, down *
 		} else {
 			_ = nch.Reject(gossh.ConnectionFailed, "target refused the session")
 		}
-		log.Warn("target refused session channel", "err", err)
+		c.warn(log, "target refused session channel", "err", err)
 		return
 	}
 	cch, creqs, err := nch.Accept()
@@ -227,6 +321,8 @@ func (c *conn) relaySession(nch gossh.NewChannel, target *targetConn, up, down *
 		_ = tch.Close()
 		return
 	}
+	c.track(cch)
+	defer c.untrack(cch)
 
 	// Data flows in three goroutines; everything else — requests both ways,
 	// the end of output, the close — is handled by this one, which keeps an
@@ -309,7 +405,7 @@ func (c *conn) forwardClientRequest(r *gossh.Request, tch gossh.Channel, log *sl
 	case "subsystem":
 		allow = len(r.Payload) >= 4 && string(r.Payload[4:]) == "sftp"
 	case "x11-req", "auth-agent-req@openssh.com":
-		log.Warn("forwarding refused", "request", r.Type)
+		c.warn(log, "forwarding refused", "request", r.Type)
 	}
 	if !allow {
 		if r.WantReply {

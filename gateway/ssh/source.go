@@ -12,6 +12,9 @@ import (
 type Identity struct {
 	User   string
 	Groups []string
+	// Local says the user was proved against the vault's local user store
+	// (not RADIUS), so a re-check also requires the user to still be there.
+	Local bool
 }
 
 // Login is what a client presented when it started authenticating.
@@ -62,6 +65,24 @@ type CredentialSource interface {
 	// PinHostKey records key (SSH wire format) as the target host key of
 	// secret on first use. It fails if another key is already pinned.
 	PinHostKey(ctx context.Context, id Identity, source netip.AddrPort, secret string, key []byte) error
+}
+
+// Grant is what a live session was let through for: who, from where, to
+// which secret.
+type Grant struct {
+	Identity Identity
+	Source   netip.AddrPort
+	Secret   string
+}
+
+// GrantChecker re-checks the grants of live sessions, so that removing a
+// user or a secret (and later, a policy change) reaches sessions already
+// running.
+type GrantChecker interface {
+	// StillAllowed reports, in order, whether each grant still holds. An
+	// error means the answer is unknown; the sessions go on until the
+	// next check.
+	StillAllowed(ctx context.Context, grants []Grant) ([]bool, error)
 }
 
 // LocalUsers is the part of the vault's user store the local authenticator uses.

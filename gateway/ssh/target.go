@@ -2,11 +2,18 @@ package ssh
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"os"
+	"slices"
 	"strconv"
+	"unsafe"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -51,15 +58,25 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 	var auth []gossh.AuthMethod
 	switch {
 	case len(cred.PrivateKey) > 0:
-		signer, err := gossh.ParsePrivateKey(cred.PrivateKey)
+		raw, err := gossh.ParseRawPrivateKey(cred.PrivateKey)
 		if err != nil {
 			return nil, &userError{fmt.Sprintf("the stored key for target %s is unusable", c.secret), errors.New("parse private key failed")}
 		}
+		// The parsed key is ours to wipe once the login is over.
+		defer wipeKey(raw)
+		signer, err := gossh.NewSignerFromKey(raw)
+		if err != nil {
+			return nil, &userError{fmt.Sprintf("the stored key for target %s is unusable", c.secret), errors.New("unsupported private key")}
+		}
 		auth = append(auth, gossh.PublicKeys(signer))
 	case len(cred.Password) > 0:
-		pw := cred.Password
+		// x/crypto/ssh takes passwords as strings. A string(pw) conversion
+		// would make a copy nobody can wipe; this view shares pw's bytes,
+		// which the caller wipes once the login is over (x/crypto keeps no
+		// reference to it after the handshake).
+		pw := borrowString(cred.Password)
 		auth = append(auth,
-			gossh.PasswordCallback(func() (string, error) { return string(pw), nil }),
+			gossh.PasswordCallback(func() (string, error) { return pw, nil }),
 			gossh.KeyboardInteractive(func(_, _ string, qs []string, echo []bool) ([]string, error) {
 				// Answer a lone hidden prompt (PAM's "Password:") and nothing else.
 				if len(qs) == 0 {
@@ -68,7 +85,7 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 				if len(qs) != 1 || echo[0] {
 					return nil, errors.New("unexpected keyboard-interactive prompt from target")
 				}
-				return []string{string(pw)}, nil
+				return []string{pw}, nil
 			}))
 	default:
 		return nil, &userError{fmt.Sprintf("no credential stored for target %s", c.secret), errors.New("empty credential")}
@@ -100,10 +117,12 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 	sc, chans, reqs, err := gossh.NewClientConn(nc, addr, ccfg)
 	if err != nil {
 		_ = nc.Close()
-		if errors.Is(err, errHostKeyMismatch) {
+		switch {
+		case errors.Is(err, errHostKeyMismatch):
 			return nil, &userError{fmt.Sprintf("the host key of target %s does not match the pinned key; refusing to connect. An administrator must check the target and its pinned key", c.secret), err}
-		}
-		if ctx.Err() != nil {
+		case timedOut(ctx, err):
+			// The deadline on nc and ctx's timer fire at the same instant;
+			// whichever the handshake saw first, it is the same timeout.
 			return nil, &userError{fmt.Sprintf("target %s did not answer in time", c.secret), err}
 		}
 		return nil, &userError{fmt.Sprintf("could not log in to target %s", c.secret), err}
@@ -112,24 +131,47 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 	return &targetConn{Conn: sc, chans: chans, reqs: reqs}, nil
 }
 
-// hostKeyAlgorithms restricts the target to the algorithms of the pinned key,
-// so a target with several host keys shows the one we pinned. No pin (first
-// use): any modern algorithm.
+// timedOut reports whether a failed handshake ran out of time: the dial
+// context's deadline passed, or a read or write hit the deadline set from
+// it. A peer that closes or resets the connection is not a timeout.
+func timedOut(ctx context.Context, err error) bool {
+	var ne net.Error
+	return errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// modernHostKeyAlgos are the host key algorithms accepted from targets.
+var modernHostKeyAlgos = []string{
+	gossh.KeyAlgoED25519, gossh.KeyAlgoECDSA256, gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521,
+	gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256,
+}
+
+// hostKeyAlgorithms puts the algorithms of the pinned key first, so that a
+// target with several host keys shows the one we pinned (the client's order
+// decides), and keeps the others after them, so that a target whose key
+// changed to another type shows that key and is refused as a mismatch —
+// reported and audited as one — rather than failing to agree on an
+// algorithm, which would look like any failed login. No pin (first use):
+// any modern algorithm.
 func hostKeyAlgorithms(pinned []byte) ([]string, error) {
 	if len(pinned) == 0 {
-		return []string{
-			gossh.KeyAlgoED25519, gossh.KeyAlgoECDSA256, gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521,
-			gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256,
-		}, nil
+		return modernHostKeyAlgos, nil
 	}
 	pub, err := gossh.ParsePublicKey(pinned)
 	if err != nil {
 		return nil, fmt.Errorf("parse pinned host key: %w", err)
 	}
+	first := []string{pub.Type()}
 	if pub.Type() == gossh.KeyAlgoRSA {
-		return []string{gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256}, nil
+		first = []string{gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256}
 	}
-	return []string{pub.Type()}, nil
+	algos := slices.Clone(first)
+	for _, a := range modernHostKeyAlgos {
+		if !slices.Contains(first, a) {
+			algos = append(algos, a)
+		}
+	}
+	return algos, nil
 }
 
 // checkHostKey verifies the target's host key before any credential is sent.
@@ -158,5 +200,44 @@ func (c *conn) checkHostKey(ctx context.Context, cred *workitem.Credential) goss
 		}
 		log.Warn("target host key pinned on first use")
 		return nil
+	}
+}
+
+// borrowString returns a string that shares b's bytes. Wiping b wipes it:
+// the caller must not let the string outlive b's use, and must not wipe b
+// while the string may still be read.
+func borrowString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b)) // #nosec G103 -- lets a credential handed to x/crypto/ssh be wiped afterwards
+}
+
+// wipeKey zeroes what it can reach of a parsed private key: all of an
+// Ed25519 key; the big integers of RSA and ECDSA keys (crypto/rsa and
+// crypto/ecdsa also keep precomputed forms out of reach; SECURITY.md says
+// so).
+func wipeKey(k any) {
+	switch k := k.(type) {
+	case *ed25519.PrivateKey:
+		clear(*k)
+	case ed25519.PrivateKey:
+		clear(k)
+	case *ecdsa.PrivateKey:
+		wipeInt(k.D)
+	case *rsa.PrivateKey:
+		wipeInt(k.D)
+		for _, p := range k.Primes {
+			wipeInt(p)
+		}
+		wipeInt(k.Precomputed.Dp)
+		wipeInt(k.Precomputed.Dq)
+		wipeInt(k.Precomputed.Qinv)
+	}
+}
+
+func wipeInt(x *big.Int) {
+	if x != nil {
+		clear(x.Bits())
 	}
 }
