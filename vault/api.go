@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -87,8 +86,15 @@ type api struct {
 //	GET    /v1/secrets/{name} → {...}              (never a credential)
 //	DELETE /v1/secrets/{name} → 204
 //
-// password and private_key are base64 strings. Errors are {"error": "..."}
-// with 400 (the message names the field), 401, 404, 409, 413, 415 or 500.
+// password and private_key are base64 strings; port is required (1..65535,
+// there is no default). New names must not start with '-' (see
+// ValidSecretName and ValidUserName); DELETE and GET still take such a
+// legacy name. Request bodies are strict: unknown fields, trailing data,
+// nesting deeper than 32 levels and duplicate keys are refused, keys being
+// compared the way encoding/json matches fields (case-insensitively, after
+// unescaping), so {"name":"a","NAME":"b"} is a duplicate. Errors are
+// {"error": "..."} with 400 (the message names the field or key, never a
+// value), 401, 404, 409, 413, 415 or 500.
 // The caller serves it over TLS with read and write timeouts.
 func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logger) http.Handler {
 	if log == nil {
@@ -172,8 +178,10 @@ type bodyError struct {
 
 func (e *bodyError) Error() string { return e.msg }
 
-// readBody strictly decodes a bounded JSON body into dst. The raw bytes
-// (which may hold a base64 credential) are wiped before it returns.
+// readBody strictly decodes a bounded JSON body into dst (see
+// decodeStrict: no duplicate keys, unknown fields or trailing data). The
+// raw bytes (which may hold a base64 credential) are wiped before it
+// returns.
 func readBody(w http.ResponseWriter, r *http.Request, dst any) *bodyError {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
@@ -181,7 +189,14 @@ func readBody(w http.ResponseWriter, r *http.Request, dst any) *bodyError {
 			return &bodyError{http.StatusUnsupportedMediaType, "content type must be application/json"}
 		}
 	}
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	// Size the buffer from Content-Length when it is plausible, so that the
+	// body is usually read without regrowth (readAllWiping clears what it
+	// outgrows in any case).
+	hint := 512
+	if r.ContentLength > 0 && r.ContentLength <= maxBody {
+		hint = int(r.ContentLength) // #nosec G115 -- bounded by maxBody just above
+	}
+	raw, err := readAllWiping(http.MaxBytesReader(w, r.Body, maxBody), hint)
 	defer clear(raw)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -190,7 +205,7 @@ func readBody(w http.ResponseWriter, r *http.Request, dst any) *bodyError {
 		}
 		return &bodyError{http.StatusBadRequest, "body: could not be read"}
 	}
-	if err := decodeStrict(bytes.NewReader(raw), dst); err != nil {
+	if err := decodeStrictBytes(raw, dst); err != nil {
 		return &bodyError{http.StatusBadRequest, describeJSONError(err)}
 	}
 	return nil
@@ -201,7 +216,10 @@ func describeJSONError(err error) string {
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	var b64 base64.CorruptInputError
+	var strict *strictJSONError
 	switch {
+	case errors.As(err, &strict):
+		return "body: " + strict.msg // names at most a key, already sanitised
 	case errors.As(err, &b64):
 		return "body: password and private_key must be base64"
 	case errors.As(err, &typ):

@@ -158,11 +158,22 @@ func TestAPIBadRequests(t *testing.T) {
 		{"wrong type", "POST", "/v1/users", `{"name":5,"password":"` + b64("password1") + `"}`, 400, "name"},
 		{"short password", "POST", "/v1/users", `{"name":"abc","password":"` + b64("short") + `"}`, 400, "password"},
 		{"bad user name", "POST", "/v1/users", `{"name":"a b","password":"` + b64("password1") + `"}`, 400, "name"},
-		{"secret missing host", "POST", "/v1/secrets", `{"name":"web01","username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "host"},
+		{"secret missing host", "POST", "/v1/secrets", `{"name":"web01","port":22,"username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "host"},
 		{"secret bad port", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":99999,"username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "port"},
-		{"secret bad key", "POST", "/v1/secrets", `{"name":"web01","host":"h","username":"root","private_key":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "private_key"},
-		{"secret bad host key", "POST", "/v1/secrets", `{"name":"web01","host":"h","username":"root","password":"` + b64(secretPW) + `","host_key":"ssh-rsa nope","allow":["alice"]}`, 400, "host_key"},
-		{"secret without allow", "POST", "/v1/secrets", `{"name":"web01","host":"h","username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true}`, 400, "allow"},
+		{"secret bad key", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":22,"username":"root","private_key":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "private_key"},
+		{"secret bad host key", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":22,"username":"root","password":"` + b64(secretPW) + `","host_key":"ssh-rsa nope","allow":["alice"]}`, 400, "host_key"},
+		{"secret without allow", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":22,"username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true}`, 400, "allow"},
+		{"secret without port", "POST", "/v1/secrets", `{"name":"web01","host":"h","username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "port: must be 1..65535"},
+		{"secret port 0", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":0,"username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "port: must be 1..65535"},
+		{"secret name like a flag", "POST", "/v1/secrets", `{"name":"-rf","host":"h","port":22,"username":"root","password":"` + b64(secretPW) + `","pin_on_first_use":true,"allow":["alice"]}`, 400, "name: must not start with '-'"},
+		{"user name like a flag", "POST", "/v1/users", `{"name":"-alice","password":"` + b64("password1") + `"}`, 400, "name: must not start with '-'"},
+		{"group name like a flag", "POST", "/v1/users", `{"name":"alice","password":"` + b64("password1") + `","groups":["ops","-dba"]}`, 400, "groups: a group name must not start with '-'"},
+		{"duplicate key", "POST", "/v1/users", `{"name":"abc","password":"` + b64("password1") + `","name":"abd"}`, 400, `body: duplicate key \"name\"`},
+		{"duplicate key in another case", "POST", "/v1/users", `{"name":"abc","password":"` + b64("password1") + `","NAME":"abd"}`, 400, `body: duplicate key \"NAME\"`},
+		{"duplicate key escaped", "POST", "/v1/users", `{"name":"abc","password":"` + b64("password1") + `","na\u006De":"abd"}`, 400, `body: duplicate key \"name\"`},
+		{"duplicate credential", "POST", "/v1/secrets", `{"name":"web01","host":"h","port":22,"username":"root","password":"` + b64(secretPW) + `","password":"` + b64(secretPW+"2") + `","pin_on_first_use":true,"allow":["alice"]}`, 400, `body: duplicate key \"password\"`},
+		{"duplicate nested key", "POST", "/v1/users", `{"name":"abc","password":"` + b64("password1") + `","x":[{"a":1,"A":2}]}`, 400, `body: duplicate key \"A\"`},
+		{"too deep", "POST", "/v1/users", `{"name":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`, 400, "body: nested deeper than 32 levels"},
 		{"too large", "POST", "/v1/users", `{"name":"` + strings.Repeat("a", maxBody) + `"}`, 413, "larger"},
 		{"show unknown", "GET", "/v1/secrets/nope", "", 404, "not found"},
 		{"delete unknown secret", "DELETE", "/v1/secrets/nope", "", 404, "not found"},
@@ -208,7 +219,7 @@ func TestAPISecretsRedacted(t *testing.T) {
 		t.Fatalf("duplicate add: %d", code)
 	}
 	key := newPrivateKeyPEM(t)
-	code, _, body = e.call(t, "POST", "/v1/secrets", auth, `{"name":"db01","host":"db01.corp.example","username":"postgres","private_key":"`+
+	code, _, body = e.call(t, "POST", "/v1/secrets", auth, `{"name":"db01","host":"db01.corp.example","port":22,"username":"postgres","private_key":"`+
 		base64.StdEncoding.EncodeToString(key)+`","pin_on_first_use":true,"allow":["bob"]}`)
 	if code != http.StatusCreated {
 		t.Fatalf("add key secret: %d %s", code, body)
@@ -261,6 +272,31 @@ func TestAPIPathEscaping(t *testing.T) {
 	}
 }
 
+// TestAPILegacyFlagLikeNames: POST refuses names that start with '-', but
+// GET and DELETE still reach rows stored before that rule, so they can be
+// cleaned up.
+func TestAPILegacyFlagLikeNames(t *testing.T) {
+	e := startAPI(t)
+	auth := "Bearer " + testToken
+	for _, q := range []string{
+		`INSERT INTO users (name, password_hash, created) VALUES ('-old', 'x', 0)`,
+		`INSERT INTO secrets (name, host, port, username, kind, wrapped_dek, credential, pin_on_first_use, created, updated)
+			VALUES ('-rf', 'h', 22, 'root', 'password', x'00', x'00', 1, 0, 0)`,
+	} {
+		if _, err := e.db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code, _, body := e.call(t, "GET", "/v1/secrets/-rf", auth, ""); code != http.StatusOK || !strings.Contains(body, `"name":"-rf"`) {
+		t.Fatalf("show legacy secret: %d %s", code, body)
+	}
+	for _, p := range []string{"/v1/secrets/-rf", "/v1/users/-old"} {
+		if code, _, body := e.call(t, "DELETE", p, auth, ""); code != http.StatusNoContent {
+			t.Fatalf("DELETE %s: %d %s", p, code, body)
+		}
+	}
+}
+
 func escapePath(s string) string {
 	var b bytes.Buffer
 	for _, c := range []byte(s) {
@@ -278,8 +314,9 @@ func escapePath(s string) string {
 // answer is always one of the documented statuses, always JSON, and never
 // a 500.
 func FuzzAPISecretBody(f *testing.F) {
-	f.Add([]byte(`{"name":"web01","host":"10.0.0.5","username":"root","password":"cHc=","pin_on_first_use":true,"allow":["alice"]}`))
-	f.Add([]byte(`{"name":"web02","host":"h","username":"u","private_key":"LS0tLS1CRUdJTg==","host_key":"ssh-ed25519 AAAA","allow":["group:ops"]}`))
+	f.Add([]byte(`{"name":"web01","host":"10.0.0.5","port":22,"username":"root","password":"cHc=","pin_on_first_use":true,"allow":["alice"]}`))
+	f.Add([]byte(`{"name":"web02","host":"h","port":2222,"username":"u","private_key":"LS0tLS1CRUdJTg==","host_key":"ssh-ed25519 AAAA","allow":["group:ops"]}`))
+	f.Add([]byte(`{"name":"web03","host":"h","port":22,"Port":23,"username":"u","password":"cHc=","pin_on_first_use":true,"allow":["alice"]}`))
 	f.Add([]byte(`{"name":"x","port":-1}`))
 	f.Add([]byte(`[`))
 	v := newTestVault(f)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -322,18 +321,4 @@ func (v *Vault) pin(ctx context.Context, ev audit.Event, req *workitem.Credentia
 		v.sink.Record(ctx, ev)
 		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 	}
-}
-
-// decodeStrict decodes exactly one JSON value from r into dst, refusing
-// unknown fields and trailing data. r must already be bounded.
-func decodeStrict(r io.Reader, dst any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after JSON value")
-	}
-	return nil
 }

@@ -139,7 +139,7 @@ func TestClientRoundTrip(t *testing.T) {
 		t.Fatalf("ListUsers = %+v, %v", users, err)
 	}
 	hk := authorizedLine(newHostKey(t))
-	info, err := c.AddSecret(ctx, SecretSpec{Name: "web01", Host: "10.0.0.5", Username: "root", Password: []byte("target-pw"),
+	info, err := c.AddSecret(ctx, SecretSpec{Name: "web01", Host: "10.0.0.5", Port: 22, Username: "root", Password: []byte("target-pw"),
 		HostKey: hk, Allow: []string{"alice"}})
 	if err != nil || info.Name != "web01" || info.Port != 22 || info.HostKey != hk {
 		t.Fatalf("AddSecret = %+v, %v", info, err)

@@ -24,6 +24,9 @@ func TestValidSecretName(t *testing.T) {
 		{".", false},
 		{"..", false},
 		{"group:ops", false},
+		// Well-formed for lookups and removal of a legacy row; AddSecret
+		// refuses it as a new name (LooksLikeFlag).
+		{"-rf", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -31,6 +34,30 @@ func TestValidSecretName(t *testing.T) {
 				t.Errorf("ValidSecretName(%q) = %v, want %v", tt.name, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestLooksLikeFlag(t *testing.T) {
+	for name, want := range map[string]bool{
+		"-rf": true, "-": true, "--": true, "--help": true,
+		"web01": false, "web-01": false, "web01-": false, "": false, " -x": false, "−x": false,
+	} {
+		if got := LooksLikeFlag(name); got != want {
+			t.Errorf("LooksLikeFlag(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestValidSiteName: site names follow the secret-name rule but, being
+// created on first use, may never start with '-'.
+func TestValidSiteName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"dev": true, "site-a": true, "eu.west_1": true,
+		"-dev": false, "-": false, "": false, "a@b": false, "..": false,
+	} {
+		if got := validSiteName(name); got != want {
+			t.Errorf("validSiteName(%q) = %v, want %v", name, got, want)
+		}
 	}
 }
 
@@ -143,7 +170,7 @@ func TestValidHost(t *testing.T) {
 // FuzzNames checks the name validators' invariants on arbitrary input: they
 // never panic, and an accepted name honours every documented property.
 func FuzzNames(f *testing.F) {
-	for _, s := range []string{"alice", "alice@corp.example", "web01", "group:ops", "Domain Admins", "\xff", "a\u202eb", ".."} {
+	for _, s := range []string{"alice", "alice@corp.example", "web01", "group:ops", "Domain Admins", "\xff", "a\u202eb", "..", "-rf"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -151,6 +178,9 @@ func FuzzNames(f *testing.F) {
 			if len(s) == 0 || len(s) > 64 || strings.ContainsAny(s, "@:/ ") {
 				t.Fatalf("secret name %q accepted", s)
 			}
+		}
+		if validSiteName(s) && (!ValidSecretName(s) || strings.HasPrefix(s, "-")) {
+			t.Fatalf("site name %q accepted", s)
 		}
 		if ValidUserName(s) {
 			if !utf8.ValidString(s) || len(s) > 128 || strings.ContainsAny(s, ",: ") || strings.HasPrefix(s, groupPrefix) {

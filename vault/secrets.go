@@ -33,11 +33,13 @@ const (
 
 // SecretSpec describes a new target credential. Call Wipe when done.
 type SecretSpec struct {
-	// Name identifies the secret; see ValidSecretName.
+	// Name identifies the secret; see ValidSecretName. A new name must not
+	// start with '-' (LooksLikeFlag).
 	Name string
 	// Host is the target's DNS name or IP address.
 	Host string
-	// Port is the target's SSH port; 0 means 22.
+	// Port is the target's SSH port, 1..65535. It has no default: a zero
+	// Port (a JSON body without "port") is refused rather than guessed.
 	Port int
 	// Username is the account on the target.
 	Username string
@@ -121,14 +123,15 @@ func parseWireHostKey(b []byte) (ssh.PublicKey, error) {
 	return pub, nil
 }
 
-// validate checks s and returns the parsed host key (nil with PinOnFirstUse).
+// validate checks a new secret and returns the parsed host key (nil with
+// PinOnFirstUse). It changes nothing in s: a missing port is an error, not
+// a silent 22, so that what is stored is what the caller said.
 func (s *SecretSpec) validate() (ssh.PublicKey, error) {
-	if s.Port == 0 {
-		s.Port = 22
-	}
 	switch {
 	case !ValidSecretName(s.Name):
 		return nil, invalid("name", "must be 1..64 characters of [A-Za-z0-9._-]")
+	case LooksLikeFlag(s.Name):
+		return nil, invalid("name", notFlagWhy)
 	case !validHost(s.Host):
 		return nil, invalid("host", "must be a DNS name or IP address of at most 253 characters")
 	case s.Port < 1 || s.Port > 65535:
@@ -245,7 +248,9 @@ func openWithDEK(dek, sealed, aad []byte) ([]byte, error) {
 }
 
 // AddSecret stores a target credential under a fresh data key. It returns
-// ErrExists if the name is taken, or an ErrInvalid error naming the field.
+// ErrExists if the name is taken, or an ErrInvalid error naming the field:
+// among others when the name starts with '-' (LooksLikeFlag) or the port
+// is not 1..65535 (0 included; there is no default port).
 func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 	pub, err := s.validate()
 	if err != nil {

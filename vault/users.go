@@ -49,10 +49,15 @@ type UserInfo struct {
 	Created time.Time `json:"created"`
 }
 
+// validate checks a new user. Names that look like a flag are refused
+// here, at creation only, so that existing users keep working (see
+// ValidUserName).
 func (u *UserSpec) validate() error {
 	switch {
 	case !ValidUserName(u.Name):
 		return invalid("name", "must be 1..128 printable characters without whitespace, ',' or ':'")
+	case LooksLikeFlag(u.Name):
+		return invalid("name", notFlagWhy)
 	case len(u.Password) < minPassword || len(u.Password) > maxPassword:
 		return invalid("password", fmt.Sprintf("must be %d..%d bytes", minPassword, maxPassword))
 	case len(u.Groups) > maxGroups:
@@ -61,6 +66,9 @@ func (u *UserSpec) validate() error {
 	for _, g := range u.Groups {
 		if !ValidGroupName(g) {
 			return invalid("groups", "a group name must be 1..128 printable characters without ',' or control characters")
+		}
+		if LooksLikeFlag(g) {
+			return invalid("groups", "a group name "+notFlagWhy)
 		}
 	}
 	return nil

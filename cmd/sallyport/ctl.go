@@ -37,6 +37,10 @@ commands:
 
 Secrets are never taken from the command line: --password-stdin reads the
 first line of standard input. 'secret show' never prints the credential.
+--port defaults to 22; the vault itself has no default port.
+
+New names must not start with '-'. A name from before that rule is still
+shown or removed after '--', e.g. 'sallyport ctl secret rm -- -old'.
 `
 
 // Input bounds for ctl.
@@ -199,6 +203,22 @@ func newFlagSet(name string) *flag.FlagSet {
 	return fs
 }
 
+// refuseFlagLike refuses a new name that starts with '-' before anything is
+// read or sent, with the vault's own wording ("name: must not start with
+// '-'"). Such a name only gets here after "--", and the vault would refuse
+// it too; checking here saves reading a password for nothing. Lookups and
+// removals do not call this: a legacy name must stay removable.
+func refuseFlagLike(cmd, field, name string) error {
+	if !vault.LooksLikeFlag(name) {
+		return nil
+	}
+	why := "must not start with '-'"
+	if field == "groups" {
+		why = "a group name " + why
+	}
+	return usagef("%s: %s: %s", cmd, field, why)
+}
+
 // splitList splits a comma-separated flag value, dropping empty items.
 func splitList(s string) []string {
 	var out []string
@@ -288,6 +308,14 @@ func ctlUserAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := refuseFlagLike("user add", "name", name); err != nil {
+		return err
+	}
+	for _, g := range splitList(*groups) {
+		if err := refuseFlagLike("user add", "groups", g); err != nil {
+			return err
+		}
+	}
 	if !*pwStdin {
 		return usagef("user add: --password-stdin is required (passwords are never taken from the command line)")
 	}
@@ -364,6 +392,8 @@ func ctlUserRemove(ctx context.Context, env *ctlEnv, args []string) error {
 func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	fs := newFlagSet("secret add")
 	host := fs.String("host", "", "target host name or IP address")
+	// The default lives here, not in the vault: the API refuses a missing
+	// or zero port, so ctl always sends one (22 unless --port says else).
 	port := fs.Int("port", 22, "target SSH port")
 	username := fs.String("username", "", "account on the target")
 	pwStdin := fs.Bool("password-stdin", false, "read the target password from the first line of stdin")
@@ -373,6 +403,9 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	allow := fs.String("allow", "", "comma-separated users and group:NAME entries who may use the secret")
 	name, err := parseNamed(fs, args)
 	if err != nil {
+		return err
+	}
+	if err := refuseFlagLike("secret add", "name", name); err != nil {
 		return err
 	}
 	switch {

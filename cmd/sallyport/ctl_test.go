@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
+	"database/sql"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -217,6 +218,94 @@ func TestCtlUsageErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCtlSecretPort: ctl keeps the friendly default (it sends 22 itself,
+// since the vault has no default) and refuses --port 0.
+func TestCtlSecretPort(t *testing.T) {
+	e := startCtlEnv(t)
+	add := []string{"secret", "add", "web01", "--host", "h", "--username", "u", "--password-stdin", "--pin-on-first-use", "--allow", "a"}
+	if r := e.run("pw-pw-pw\n", add...); r.code != 0 {
+		t.Fatalf("secret add without --port: %+v", r)
+	}
+	if info, err := e.v.ShowSecret(context.Background(), "web01"); err != nil || info.Port != 22 {
+		t.Fatalf("stored %+v, %v; want port 22", info, err)
+	}
+	add[2] = "web02"
+	r := e.run("pw-pw-pw\n", append(add, "--port", "0")...)
+	if r.code != 2 || !strings.Contains(r.stderr, "--port must be 1..65535") {
+		t.Fatalf("--port 0: %+v", r)
+	}
+}
+
+// TestCtlFlagLikeNames: ctl refuses new names that start with '-' with the
+// vault's wording before it reads stdin or calls the API, while "--" still
+// lets it show and remove a legacy row with such a name.
+func TestCtlFlagLikeNames(t *testing.T) {
+	e := startCtlEnv(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"secret", "add", "--host", "h", "--username", "u", "--password-stdin", "--pin-on-first-use", "--allow", "a", "--", "-rf"},
+			"secret add: name: must not start with '-'"},
+		{[]string{"user", "add", "--password-stdin", "--", "-alice"}, "user add: name: must not start with '-'"},
+		{[]string{"user", "add", "alice", "--password-stdin", "--groups", "ops,-dba"}, "user add: groups: a group name must not start with '-'"},
+		// Without "--" the flag package refuses it as an unknown flag.
+		{[]string{"secret", "rm", "-rf"}, "flag provided but not defined: -rf"},
+	} {
+		stdin := &countingReader{r: strings.NewReader("password1\n")}
+		var out, errOut bytes.Buffer
+		code := ctlMain(append([]string{"--data", e.dir}, tt.args...), stdin, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), tt.want) {
+			t.Errorf("ctl %v: exit %d, stderr %q; want 2 and %q", tt.args, code, errOut.String(), tt.want)
+		}
+		if stdin.n != 0 {
+			t.Errorf("ctl %v read stdin before refusing the name", tt.args)
+		}
+	}
+	if users, err := e.v.ListUsers(context.Background()); err != nil || len(users) != 0 {
+		t.Fatalf("a refused user was created: %+v, %v", users, err)
+	}
+
+	// Legacy rows, as an older version would have stored them.
+	db, err := sql.Open("sqlite", filepath.Join(e.dir, "vault.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{
+		`INSERT INTO users (name, password_hash, created) VALUES ('-old', 'x', 0)`,
+		`INSERT INTO secrets (name, host, port, username, kind, wrapped_dek, credential, pin_on_first_use, created, updated)
+			VALUES ('-rf', 'h', 22, 'root', 'password', x'00', x'00', 1, 0, 0)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := e.run("", "secret", "show", "--", "-rf"); r.code != 0 || !strings.Contains(r.stdout, "-rf") {
+		t.Fatalf("secret show -- -rf: %+v", r)
+	}
+	for _, args := range [][]string{{"secret", "rm", "--", "-rf"}, {"user", "rm", "--", "-old"}} {
+		if r := e.run("", args...); r.code != 0 {
+			t.Fatalf("ctl %v: %+v", args, r)
+		}
+	}
+	if r := e.run("", "secret", "show", "--", "-rf"); r.code != 1 || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("legacy secret still there: %+v", r)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }
 
 func TestCtlConnectionSettings(t *testing.T) {
