@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -115,12 +116,12 @@ func (c *Credentials) call(ctx context.Context, req workitem.CredentialRequest) 
 	}
 	select {
 	case raw := <-ch:
-		defer clear(raw)
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&reply); err != nil {
+		r, err := workitem.DecodeReply(raw)
+		clear(raw)
+		if err != nil {
 			return reply, fmt.Errorf("%w: malformed credential reply", gw.ErrUnavailable)
 		}
+		reply = *r
 	case <-ctx.Done():
 		return reply, fmt.Errorf("%w: no answer from the vault: %v", gw.ErrUnavailable, ctx.Err())
 	}
@@ -166,4 +167,29 @@ func (c *Credentials) PinHostKey(ctx context.Context, id gw.Identity, src netip.
 	return err
 }
 
-var _ gw.CredentialSource = (*Credentials)(nil)
+// StillAllowed implements gateway/ssh.GrantChecker: it asks the vault, at
+// most workitem.MaxGrants grants per request.
+func (c *Credentials) StillAllowed(ctx context.Context, grants []gw.Grant) ([]bool, error) {
+	out := make([]bool, 0, len(grants))
+	for chunk := range slices.Chunk(grants, workitem.MaxGrants) {
+		req := workitem.CredentialRequest{Op: workitem.OpRecheck, Grants: make([]workitem.Grant, len(chunk))}
+		for i, g := range chunk {
+			req.Grants[i] = workitem.Grant{User: g.Identity.User, Groups: g.Identity.Groups, Local: g.Identity.Local,
+				Source: g.Source.String(), Secret: g.Secret}
+		}
+		r, err := c.call(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.Allowed) != len(chunk) {
+			return nil, fmt.Errorf("%w: %d answers to %d grants", gw.ErrUnavailable, len(r.Allowed), len(chunk))
+		}
+		out = append(out, r.Allowed...)
+	}
+	return out, nil
+}
+
+var (
+	_ gw.CredentialSource = (*Credentials)(nil)
+	_ gw.GrantChecker     = (*Credentials)(nil)
+)

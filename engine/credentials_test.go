@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ func responder(ctx context.Context, t *testing.T, conn connector.Connector, key 
 			t.Errorf("bad request body: %v", err)
 			return
 		}
-		out, _ := json.Marshal(answer(req))
+		r := answer(req)
+		out, _ := workitem.EncodeReply(&r)
 		reply, _ := workitem.Seal(key, workitem.Header{Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply, Expiry: time.Now().Add(time.Minute)}, out)
 		_ = conn.Publish(ctx, req.ReplyTo, reply)
 	})
@@ -102,5 +104,47 @@ func TestCredentialsTimeoutAndForgery(t *testing.T) {
 		// The responder above uses the right key, so this reply is genuine;
 		// the forged one must simply have been dropped without harm.
 		t.Fatalf("Checkout = %v, %v", cred, err)
+	}
+}
+
+func TestStillAllowedChunks(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mem := connector.NewMemory(16)
+	key := bytes.Repeat([]byte{2}, 32)
+	c := NewCredentials(mem, "dev", key, "vault.requests", nil)
+	go func() { _ = c.Run(ctx) }()
+	var sizes []int
+	var mu sync.Mutex
+	go responder(ctx, t, mem, key, func(r workitem.CredentialRequest) workitem.CredentialReply {
+		mu.Lock()
+		sizes = append(sizes, len(r.Grants))
+		mu.Unlock()
+		out := make([]bool, len(r.Grants))
+		for i, g := range r.Grants {
+			out[i] = g.Secret != "gone" && g.Local && g.Source == "192.0.2.1:22"
+		}
+		return workitem.CredentialReply{Allowed: out}
+	})
+	grants := make([]gw.Grant, 2*workitem.MaxGrants+3)
+	for i := range grants {
+		grants[i] = gw.Grant{Identity: gw.Identity{User: "u", Local: true}, Source: netip.MustParseAddrPort("192.0.2.1:22"), Secret: "s"}
+		if i%100 == 7 {
+			grants[i].Secret = "gone"
+		}
+	}
+	ok, err := c.StillAllowed(ctx, grants)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range ok {
+		if v != (i%100 != 7) {
+			t.Fatalf("grant %d: %v", i, v)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sizes) != 3 || sizes[0] != workitem.MaxGrants || sizes[2] != 3 {
+		t.Fatalf("request sizes %v", sizes)
 	}
 }

@@ -3,10 +3,11 @@ package vault
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -136,7 +137,7 @@ func (v *Vault) handleRequest(ctx context.Context, conn connector.Connector, msg
 	}
 	reply := v.answer(ctx, h, &req)
 	defer reply.Credential.Wipe()
-	out, err := json.Marshal(reply)
+	out, err := workitem.EncodeReply(reply)
 	if err != nil {
 		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: encode", append(where, slog.Any("error", err))...)
 		return
@@ -175,6 +176,9 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 		Attrs: []slog.Attr{slog.String("site", h.Site), slog.String("item", logSafe(h.ID))},
 	}
 	denied := &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	if req.Op == workitem.OpRecheck {
+		return v.recheck(ctx, ev, req)
+	}
 	if !ValidUserName(req.User) || len(req.Groups) > maxGroups {
 		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 		ev.Attrs = append(ev.Attrs, slog.String("reason", "invalid user or groups"))
@@ -217,6 +221,8 @@ func auditKind(op workitem.Op) string {
 		return "hostkey_pinned"
 	case workitem.OpList:
 		return "list"
+	case workitem.OpRecheck:
+		return "grant_recheck"
 	}
 	return "credential_request"
 }
@@ -281,6 +287,61 @@ func (v *Vault) checkout(ctx context.Context, ev audit.Event, req *workitem.Cred
 	ev.Attrs = append(ev.Attrs, slog.String("target", fmt.Sprintf("%s@%s:%d", r.username, r.host, r.port)))
 	v.sink.Record(ctx, ev)
 	return &workitem.CredentialReply{Credential: c}
+}
+
+// recheck answers whether live sessions' grants still hold. A grant that
+// no longer does is audited here once (the engine ends its sessions, which
+// it audits too); one that holds is not, or a busy site would write an
+// event per session every few seconds.
+func (v *Vault) recheck(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	if len(req.Grants) == 0 || len(req.Grants) > workitem.MaxGrants {
+		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
+		ev.Attrs = append(ev.Attrs, slog.String("reason", "bad grant count"))
+		v.sink.Record(ctx, ev)
+		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
+	}
+	out := make([]bool, len(req.Grants))
+	for i, g := range req.Grants {
+		ok, err := v.grantHolds(ctx, &g)
+		if err != nil {
+			v.log.Error("re-checking a grant failed", slog.String("secret", logSafe(g.Secret)), slog.Any("error", err))
+			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+		}
+		out[i] = ok
+		if !ok {
+			e := ev
+			e.Kind, e.Outcome = "grant_revoked", "denied"
+			e.User, e.Source, e.Secret = logSafe(g.User), logSafe(g.Source), logSafe(g.Secret)
+			e.Attrs = append(slices.Clip(ev.Attrs), slog.Bool("local_user", g.Local))
+			v.sink.Record(ctx, e)
+		}
+	}
+	return &workitem.CredentialReply{Allowed: out}
+}
+
+// grantHolds reports whether g's user (still there, for a local user, and
+// with their current groups) may still use g's secret (still there).
+func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error) {
+	if !ValidUserName(g.User) || len(g.Groups) > maxGroups || !ValidSecretName(g.Secret) {
+		return false, nil
+	}
+	groups := g.Groups
+	if g.Local {
+		var one int
+		switch err := v.db.QueryRowContext(ctx, `SELECT 1 FROM users WHERE name = ?`, g.User).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		var err error
+		if groups, err = v.userGroups(ctx, g.User); err != nil {
+			return false, err
+		}
+	}
+	// The allow list goes with its secret (ON DELETE CASCADE): a removed
+	// secret allows nobody.
+	return v.allowed(ctx, g.Secret, g.User, groups)
 }
 
 func (v *Vault) pin(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {

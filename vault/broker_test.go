@@ -110,13 +110,11 @@ func (b *brokerEnv) ask(t *testing.T, req workitem.CredentialRequest) workitem.C
 		h.Expiry.Before(time.Now().Add(20*time.Second)) || h.Expiry.After(time.Now().Add(31*time.Second)) {
 		t.Fatalf("reply header %+v", h)
 	}
-	var reply workitem.CredentialReply
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&reply); err != nil {
+	reply, err := workitem.DecodeReply(body)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return reply
+	return *reply
 }
 
 // expectNoReply sends req (altered by mutate) and checks nothing comes back.
@@ -471,4 +469,48 @@ func FuzzCredentialRequest(f *testing.F) {
 		}
 		reply.Credential.Wipe()
 	})
+}
+
+func TestBrokerRecheck(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	if err := b.AddSecret(ctx, passwordSecret(t, "keep01", targetPassword, "alice", "bob", "group:ops")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddSecret(ctx, passwordSecret(t, "drop01", targetPassword, "alice")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AddUser(ctx, UserSpec{Name: "bob", Password: []byte("bob-password-1"), Groups: []string{"ops"}}); err != nil {
+		t.Fatal(err)
+	}
+	grants := []workitem.Grant{
+		{User: "alice", Source: "192.0.2.1:1", Secret: "keep01"},                             // RADIUS user, allowed by name
+		{User: "alice", Source: "192.0.2.1:1", Secret: "drop01"},                             // its secret goes
+		{User: "bob", Local: true, Source: "192.0.2.1:2", Secret: "keep01"},                  // local user, goes
+		{User: "carol", Groups: []string{"ops"}, Source: "192.0.2.1:3", Secret: "keep01"},    // RADIUS group
+		{User: "carol", Groups: []string{"ops"}, Local: true, Source: "x", Secret: "keep01"}, // "local" but not in the store
+		{User: "alice", Source: "x", Secret: "no such"},
+	}
+	want := func(w ...bool) {
+		t.Helper()
+		r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRecheck, Grants: grants})
+		if fmt.Sprint(r.Allowed) != fmt.Sprint(w) || r.Refused != "" {
+			t.Fatalf("allowed %v (refused %q), want %v", r.Allowed, r.Refused, w)
+		}
+	}
+	want(true, true, true, true, false, false)
+	if err := b.RemoveSecret(ctx, "drop01"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RemoveUser(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	want(true, false, false, true, false, false)
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRecheck}); r.Refused != workitem.RefusedDenied {
+		t.Fatalf("an empty re-check: %+v", r)
+	}
+	many := make([]workitem.Grant, workitem.MaxGrants+1)
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRecheck, Grants: many}); r.Refused != workitem.RefusedDenied {
+		t.Fatalf("an over-long re-check: %+v", r)
+	}
 }

@@ -22,6 +22,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -90,17 +92,59 @@ func decodeStrictBytes(raw []byte, dst any) error {
 	if err := checkKeys(raw); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
+	// Only json.Decoder refuses unknown fields, and it reads its input into
+	// a buffer of its own that nobody can wipe. So it reads a redacted copy,
+	// every string value blanked, into a throwaway value of dst's type;
+	// json.Unmarshal then decodes the real values straight from raw, which
+	// copies nothing but what it stores in dst (the []byte fields the
+	// callers wipe; a base64 value is decoded from raw in place unless it
+	// holds escapes, which no Go encoder writes).
+	red := redactValues(raw)
+	dec := json.NewDecoder(bytes.NewReader(red))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
+	if err := dec.Decode(reflect.New(reflect.TypeOf(dst).Elem()).Interface()); err != nil &&
+		strings.HasPrefix(err.Error(), "json: unknown field ") {
 		return err
 	}
-	// Unreachable after json.Valid; kept so this function stays strict on
-	// its own should the check above ever change.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after JSON value")
+	// Other errors of the redacted pass (a blanked value that no longer
+	// parses as its type) are the real pass's to find, on the real values.
+	return json.Unmarshal(raw, dst)
+}
+
+// redactValues returns a copy of data, which must be valid JSON, with the
+// content of every string that is not an object key replaced by 'A's of
+// the same length ('=' padding and the shape of escapes kept), so that it
+// decodes into the same types (base64 stays base64) and holds no value.
+func redactValues(data []byte) []byte {
+	out := bytes.Clone(data)
+	for i := 0; i < len(out); {
+		if out[i] != '"' {
+			i++
+			continue
+		}
+		end := stringEnd(out, i)
+		if j := skipSpace(out, end); j < len(out) && out[j] == ':' {
+			i = end // a key: field names are not secret, and must match
+			continue
+		}
+		for k := i + 1; k < end-1; k++ {
+			switch out[k] {
+			case '\\':
+				k++ // keep the escape's letter
+				if k < end-1 && out[k] == 'u' {
+					for h := k + 1; h <= k+4 && h < end-1; h++ {
+						out[h] = 'A' // \uAAAA is a valid escape
+					}
+					k += 4
+				}
+			case '=':
+			default:
+				out[k] = 'A'
+			}
+		}
+		i = end
 	}
-	return nil
+	return out
 }
 
 // checkKeys walks data, which must be valid JSON (json.Valid), and refuses

@@ -277,3 +277,32 @@ func FuzzDuplicateKeys(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactValues(t *testing.T) {
+	in := []byte(`{"name":"web\"01","password":"cGFzc3dvcmQ=","nested":{"k":["a\u00e9b","\\"]},"n":5,"ok":true}`)
+	out := redactValues(in)
+	want := `{"name":"AAA\"AA","password":"AAAAAAAAAAA=","nested":{"k":["A\uAAAAA","\\"]},"n":5,"ok":true}`
+	if string(out) != want {
+		t.Fatalf("redacted\n got %s\nwant %s", out, want)
+	}
+	if !json.Valid(out) {
+		t.Fatal("redacted JSON is not valid")
+	}
+	if string(in) == string(out) {
+		t.Fatal("input changed in place")
+	}
+}
+
+func TestDecodeStrictUnknownFieldAfterSecret(t *testing.T) {
+	var req secretRequest
+	err := decodeStrictBytes([]byte(`{"name":"a","password":"cGFzcw==","extra":1}`), &req)
+	if err == nil || !strings.Contains(err.Error(), "unknown field") {
+		t.Fatalf("unknown field after a secret: %v", err)
+	}
+	if err := decodeStrictBytes([]byte(`{"name":"a","port":22,"password":"cGFzcw=="}`), &req); err != nil {
+		t.Fatal(err)
+	}
+	if string(req.Password) != "pass" || req.Name != "a" || req.Port != 22 {
+		t.Fatalf("decoded %+v", req)
+	}
+}

@@ -1,5 +1,13 @@
 package workitem
 
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
 // Op is what a credential request asks the vault to do.
 type Op string
 
@@ -8,7 +16,12 @@ const (
 	OpCheckout Op = "checkout" // return the credential for one secret
 	OpList     Op = "list"     // return the names of the secrets a user may use
 	OpPin      Op = "pin"      // record a target host key seen on first use
+	OpRecheck  Op = "recheck"  // say whether live sessions' grants still hold
 )
+
+// MaxGrants bounds the grants of one OpRecheck request; an engine with
+// more live grants sends several requests.
+const MaxGrants = 256
 
 // CredentialRequest is the body of a KindCredentialRequest item.
 type CredentialRequest struct {
@@ -19,6 +32,21 @@ type CredentialRequest struct {
 	Secret  string   `json:"secret,omitempty"`
 	HostKey []byte   `json:"host_key,omitempty"` // OpPin: SSH wire-format public key
 	ReplyTo string   `json:"reply_to"`           // queue the reply goes to
+	// Grants are the live sessions' grants an OpRecheck asks about (at
+	// most MaxGrants); User, Groups, Source and Secret above are unused.
+	Grants []Grant `json:"grants,omitempty"`
+}
+
+// Grant is what one live session was let through for.
+type Grant struct {
+	User   string   `json:"user"`
+	Groups []string `json:"groups,omitempty"`
+	// Local says the user was proved against the vault's local user
+	// store: the re-check also requires them to still exist there, and
+	// takes their groups from it.
+	Local  bool   `json:"local,omitempty"`
+	Source string `json:"source"`
+	Secret string `json:"secret"`
 }
 
 // Refusal codes in a CredentialReply. They name the class of failure only;
@@ -29,12 +57,14 @@ const (
 	RefusedConflict    = "conflict"    // OpPin: a different key is already pinned
 )
 
-// CredentialReply is the body of a KindCredentialReply item. Its ID in the
-// header equals the request's.
+// CredentialReply is the body of a KindCredentialReply item (see
+// EncodeReply). Its ID in the header equals the request's.
 type CredentialReply struct {
 	Refused    string      `json:"refused,omitempty"`
 	Credential *Credential `json:"credential,omitempty"`
 	Secrets    []string    `json:"secrets,omitempty"`
+	// Allowed answers an OpRecheck: one entry per grant, in order.
+	Allowed []bool `json:"allowed,omitempty"`
 }
 
 // Credential is a privileged account's login for one target. It redacts
@@ -44,9 +74,13 @@ type Credential struct {
 	Host     string `json:"host"`
 	Port     int    `json:"port"`
 	Username string `json:"username"`
-	// Exactly one of Password and PrivateKey (PEM or OpenSSH format) is set.
-	Password   []byte `json:"password,omitempty"`
-	PrivateKey []byte `json:"private_key,omitempty"`
+	// Exactly one of Password and PrivateKey (PEM or OpenSSH format) is
+	// set. They never pass through encoding/json (see EncodeReply).
+	Password   []byte `json:"-"`
+	PrivateKey []byte `json:"-"`
+	// SecretKind is "password" or "private_key": which of the two the
+	// secret bytes after the JSON fill. EncodeReply sets it.
+	SecretKind string `json:"secret_kind,omitempty"`
 	// HostKey is the pinned target host key in SSH wire format. It is empty
 	// only when PinOnFirstUse is set and no key has been seen yet.
 	HostKey       []byte `json:"host_key,omitempty"`
@@ -73,3 +107,73 @@ func (c *Credential) String() string {
 
 // GoString redacts the secret parts under %#v.
 func (c *Credential) GoString() string { return c.String() }
+
+// Secret kinds in Credential.SecretKind.
+const (
+	SecretPassword   = "password"
+	SecretPrivateKey = "private_key"
+)
+
+// EncodeReply lays out the body of a KindCredentialReply: the reply as
+// JSON, then, when it carries a credential, a zero byte (which JSON text
+// never contains) and the credential's secret bytes. The secret never
+// passes through encoding/json, whose buffers are pooled and cannot be
+// wiped; the returned slice is the only copy made, and the caller wipes it.
+func EncodeReply(r *CredentialReply) ([]byte, error) {
+	var secret []byte
+	if c := r.Credential; c != nil {
+		switch {
+		case len(c.Password) > 0 && len(c.PrivateKey) == 0:
+			c.SecretKind, secret = SecretPassword, c.Password
+		case len(c.PrivateKey) > 0 && len(c.Password) == 0:
+			c.SecretKind, secret = SecretPrivateKey, c.PrivateKey
+		default:
+			return nil, errors.New("workitem: a credential needs exactly one of password and private key")
+		}
+	}
+	js, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("workitem: encode reply: %w", err)
+	}
+	if r.Credential == nil {
+		return js, nil
+	}
+	out := make([]byte, 0, len(js)+1+len(secret))
+	out = append(append(append(out, js...), 0), secret...)
+	return out, nil
+}
+
+// DecodeReply reverses EncodeReply. The credential's secret is a fresh
+// slice (the caller wipes it); body is not kept, and the caller wipes it
+// too. Unknown JSON fields are refused.
+func DecodeReply(body []byte) (*CredentialReply, error) {
+	js, secret := body, []byte(nil)
+	if i := bytes.IndexByte(body, 0); i >= 0 {
+		js, secret = body[:i], body[i+1:]
+	}
+	var r CredentialReply
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%w: reply: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: reply: trailing data", ErrMalformed)
+	}
+	c := r.Credential
+	switch {
+	case c == nil && secret != nil:
+		return nil, fmt.Errorf("%w: reply: secret bytes without a credential", ErrMalformed)
+	case c == nil:
+		return &r, nil
+	case len(secret) == 0:
+		return nil, fmt.Errorf("%w: reply: a credential without its secret", ErrMalformed)
+	case c.SecretKind == SecretPassword:
+		c.Password = bytes.Clone(secret)
+	case c.SecretKind == SecretPrivateKey:
+		c.PrivateKey = bytes.Clone(secret)
+	default:
+		return nil, fmt.Errorf("%w: reply: unknown secret kind", ErrMalformed)
+	}
+	return &r, nil
+}

@@ -4,7 +4,9 @@
 // Every item is sealed with AES-256-GCM under a key shared by the vault and one
 // site (or one engine). The header — version, site, item id, kind and expiry —
 // is the additional authenticated data, so an item cannot be moved to another
-// site, altered, or used after it expires. The body is JSON.
+// site, altered, or used after it expires. Bodies are JSON, except that a
+// credential reply carries its secret bytes after the JSON (EncodeReply),
+// so that no copy of a credential is left in encoding/json's buffers.
 package workitem
 
 import (
@@ -172,6 +174,7 @@ func Open(key []byte, sealed []byte, now time.Time) (Header, []byte, error) {
 		return Header{}, nil, ErrAuth
 	}
 	if !now.Before(h.Expiry) {
+		clear(body) // it may hold a credential
 		return h, nil, ErrExpired
 	}
 	return h, body, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -104,5 +105,76 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("Open accepted a malformed item: %+v", h)
 		}
 		_, _ = Peek(in)
+	})
+}
+
+func TestReplyEncoding(t *testing.T) {
+	for _, r := range []*CredentialReply{
+		{Credential: &Credential{Secret: "web01", Host: "10.0.0.1", Port: 22, Username: "root", Password: []byte("pa\x00ss\"w{}rd"), HostKey: []byte{1, 2, 3}}},
+		{Credential: &Credential{Secret: "k", Host: "h", Port: 2222, Username: "u", PrivateKey: []byte("-----BEGIN OPENSSH PRIVATE KEY-----\n..."), PinOnFirstUse: true}},
+		{Refused: RefusedDenied},
+		{Secrets: []string{"a", "b"}},
+		{Allowed: []bool{true, false, true}},
+	} {
+		body, err := EncodeReply(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := r.Credential; c != nil {
+			secret := append(c.Password, c.PrivateKey...)
+			if i := bytes.IndexByte(body, 0); i < 0 || bytes.Contains(body[:i], secret) {
+				t.Fatalf("the secret is inside the JSON part: %q", body)
+			}
+		}
+		got, err := DecodeReply(body)
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		if g, w := fmt.Sprintf("%+v %+v", *got, got.Credential), fmt.Sprintf("%+v %+v", *r, r.Credential); g != w {
+			t.Fatalf("round trip:\n got %s\nwant %s", g, w)
+		}
+		if c := got.Credential; c != nil {
+			if !bytes.Equal(c.Password, r.Credential.Password) || !bytes.Equal(c.PrivateKey, r.Credential.PrivateKey) {
+				t.Fatal("secret bytes differ")
+			}
+			clear(body)
+			if len(c.Password) > 0 && c.Password[0] == 0 || len(c.PrivateKey) > 0 && c.PrivateKey[0] == 0 {
+				t.Fatal("the decoded secret shares memory with the body")
+			}
+		}
+	}
+	if _, err := EncodeReply(&CredentialReply{Credential: &Credential{Password: []byte("a"), PrivateKey: []byte("b")}}); err == nil {
+		t.Fatal("a credential with both a password and a key was encoded")
+	}
+	for _, bad := range []string{
+		`{"credential":{"secret":"x","secret_kind":"password"}}`,         // no secret bytes
+		`{"credential":{"secret":"x","secret_kind":"magic"}}` + "\x00pw", // unknown kind
+		`{"refused":"denied"}` + "\x00pw",                                // secret without credential
+		`{"refused":"denied","extra":1}`,                                 // unknown field
+		`{"refused":"denied"} {}`,                                        // trailing data
+		`{"credential":{"password":"cHc="},"secret_kind":"password"}`,    // secret as JSON
+	} {
+		if _, err := DecodeReply([]byte(bad)); err == nil {
+			t.Errorf("%q decoded", bad)
+		}
+	}
+}
+
+func FuzzDecodeReply(f *testing.F) {
+	for _, r := range []*CredentialReply{
+		{Credential: &Credential{Secret: "s", Host: "h", Port: 22, Username: "u", Password: []byte("pw")}},
+		{Secrets: []string{"a"}}, {Allowed: []bool{false}},
+	} {
+		b, _ := EncodeReply(r)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := DecodeReply(body)
+		if err != nil {
+			return
+		}
+		if c := r.Credential; c != nil && len(c.Password)+len(c.PrivateKey) == 0 {
+			t.Fatal("a credential decoded without its secret")
+		}
 	})
 }
