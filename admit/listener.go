@@ -21,6 +21,7 @@ const (
 	ReasonFull      = "full"           // at the cap, and no source held more than this one
 	ReasonEvicted   = "evicted"        // closed to make room for a source holding fewer
 	ReasonTimeout   = "timeout"        // not authenticated within Timeout
+	ReasonAuth      = "unauthorized"   // a request without valid credentials (see Refused)
 )
 
 // Defaults for the zero values of Config.
@@ -452,6 +453,23 @@ func WithConn(ctx context.Context, nc net.Conn) context.Context {
 func Admitted(ctx context.Context) {
 	if c, ok := ctx.Value(ctxKey{}).(*Conn); ok {
 		c.Admit()
+	}
+}
+
+// Counting reports whether ctx carries a connection of a Listener, whose
+// refusals Refused counts.
+func Counting(ctx context.Context) bool {
+	_, ok := ctx.Value(ctxKey{}).(*Conn)
+	return ok
+}
+
+// Refused counts a refusal on the connection carried by ctx (see WithConn)
+// against its source, in the listener's tally and metrics, for refusals a
+// server decides after accepting: an admin API request with a wrong token.
+// It does nothing if ctx carries none.
+func Refused(ctx context.Context, reason string) {
+	if c, ok := ctx.Value(ctxKey{}).(*Conn); ok {
+		c.l.refused(c.src, reason)
 	}
 }
 

@@ -104,12 +104,6 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.w.Write(p)
 }
 
-func (h *harness) logText() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.log.String()
-}
-
 // connect offers one connection from ip and returns the peer and the
 // accepted *Conn, or nil if the listener refused it.
 func (h *harness) connect(ip string) (*peer, *Conn) {
@@ -368,5 +362,23 @@ func TestRealTCP(t *testing.T) {
 	_, err = second.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, io.EOF) == false && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("second connection from the same source: read gave %v, want a reset", err)
+	}
+}
+
+func TestRefusedCountsAgainstTheSource(t *testing.T) {
+	var reasons []string
+	var mu sync.Mutex
+	h := newHarness(t, Config{OnRefuse: func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() }})
+	_, c := h.connect("192.0.2.1")
+	ctx := WithConn(context.Background(), c)
+	if !Counting(ctx) || Counting(context.Background()) {
+		t.Fatal("Counting")
+	}
+	Refused(ctx, ReasonAuth)
+	Refused(context.Background(), ReasonAuth) // no connection: nothing
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) != 1 || reasons[0] != ReasonAuth {
+		t.Fatalf("refusals %v", reasons)
 	}
 }

@@ -76,6 +76,9 @@ type File struct {
 	RADIUS *RADIUS `yaml:"radius"`
 	// Keys chooses where long-lived keys live. Default: the soft keystore.
 	Keys *Keys `yaml:"keys"`
+	// Gateway tunes the SSH gateway's deadlines, admission and failed-login
+	// limits. Default: all defaults (see Gateway).
+	Gateway *Gateway `yaml:"gateway"`
 
 	dir string // of the file, for relative paths
 }
@@ -250,6 +253,12 @@ func (c *File) check() error {
 	}
 	if err := c.Keys.check(); err != nil {
 		return fmt.Errorf("keys: %w", err)
+	}
+	if c.Gateway == nil {
+		c.Gateway = &Gateway{}
+	}
+	if err := c.Gateway.check(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
 	}
 	return nil
 }

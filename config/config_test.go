@@ -214,3 +214,49 @@ func TestKeysSection(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewaySection(t *testing.T) {
+	c, err := Parse(nil, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := c.Gateway
+	if g.KeyExchangeTimeout != 10*time.Second || g.LoginTimeout != 2*time.Minute || g.RecheckInterval != 2*time.Second ||
+		g.Admission.MaxPending != 256 || g.Admission.MaxPendingPerSource != 10 || g.Admission.EarlyDropFrom != 128 ||
+		g.FailedLogins.PerUserAndSource != 10 || g.FailedLogins.KnownSourceFor != 720*time.Hour {
+		t.Fatalf("defaults: %+v %+v %+v", g, g.Admission, g.FailedLogins)
+	}
+	c, err = Parse([]byte(`
+gateway:
+  key_exchange_timeout: 5s
+  login_timeout: 1m
+  admission:
+    max_pending: 100
+    max_pending_per_source: 4
+    ipv6_prefix: 56
+  failed_logins:
+    per_user: 20
+    max_delay: 2s
+`), ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, l := c.Gateway.AdmissionConfig(), c.Gateway.LoginConfig()
+	if a.MaxPending != 100 || a.MaxPerSource != 4 || a.EarlyDrop != 50 || a.IPv6Bits != 56 || l.UserBurst != 20 || l.MaxDelay != 2*time.Second {
+		t.Fatalf("parsed: %+v %+v", a, l)
+	}
+	for _, bad := range []string{
+		"gateway: {key_exchange_timeout: 0s}",
+		"gateway: {key_exchange_timeout: 1m, login_timeout: 30s}",
+		"gateway: {admission: {max_pending: 5, max_pending_per_source: 6}}",
+		"gateway: {admission: {ipv6_prefix: 129}}",
+		"gateway: {admission: {connection_rate_per_source: -1}}",
+		"gateway: {failed_logins: {per_source: -3}}",
+		"gateway: {failed_logins: {max_delay: 2h}}",
+		"gateway: {admission: {max_pendings: 3}}",
+	} {
+		if _, err := Parse([]byte(bad), "."); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

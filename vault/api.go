@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
 )
 
@@ -121,12 +122,25 @@ func (a *api) authenticate(next http.Handler) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		if !a.authorized(r) {
-			a.v.sink.Record(r.Context(), audit.Event{Kind: "admin_auth", Outcome: "denied", Source: r.RemoteAddr,
-				Attrs: []slog.Attr{slog.String("method", r.Method), slog.String("path", logSafe(r.URL.Path))}})
+			// Counted per source and logged as a tally by the listener,
+			// not a line per request; and the connection is closed, so
+			// each further try costs a new connection, which admission
+			// rate-limits per source. Without admission (a caller that
+			// serves the API on a plain listener) each refusal is audited.
+			if admit.Counting(r.Context()) {
+				admit.Refused(r.Context(), admit.ReasonAuth)
+			} else {
+				a.v.sink.Record(r.Context(), audit.Event{Kind: "admin_auth", Outcome: "denied", Source: r.RemoteAddr,
+					Attrs: []slog.Attr{slog.String("method", r.Method), slog.String("path", logSafe(r.URL.Path))}})
+			}
+			w.Header().Set("Connection", "close")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sallyport"`)
 			writeJSON(w, http.StatusUnauthorized, apiError{Error: "unauthorized"})
 			return
 		}
+		// The connection has shown the token: it no longer takes up one of
+		// its source's pre-authentication slots (package admit).
+		admit.Admitted(r.Context())
 		next.ServeHTTP(w, r)
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
 	"github.com/sallyport/sallyport/config"
 	"github.com/sallyport/sallyport/connector"
@@ -164,22 +166,35 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	creds := engine.NewCredentials(queue, devSite, siteKey, devRequestQueue, log)
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		// The heap that survived the last collection, and how many there
+		// were: what a memory-growth alert should watch, not the heap
+		// in use, which at GOGC=400 swings with the garbage.
+		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/(heap/live|cycles/total):`)})),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	auth, closeAuth, err := gatewayAuth(o.cfg, v, reg, log)
 	if err != nil {
 		return err
 	}
 	defer closeAuth()
+	door := o.cfg.Gateway
 	gateway, err := gw.NewServer(gw.Config{
-		HostSigners:    []gossh.Signer{hostKey},
-		Auth:           auth,
-		Credentials:    creds,
-		Log:            log,
-		Audit:          sink,
-		Metrics:        gw.NewMetrics(reg),
-		IdleTimeout:    o.idle,
-		MaxSessionTime: o.maxSession,
-		Ready:          newReadiness(keys).Ready,
+		HostSigners:        []gossh.Signer{hostKey},
+		Auth:               auth,
+		Credentials:        creds,
+		Grants:             creds,
+		Log:                log,
+		Audit:              sink,
+		Metrics:            gw.NewMetrics(reg),
+		IdleTimeout:        o.idle,
+		MaxSessionTime:     o.maxSession,
+		KeyExchangeTimeout: door.KeyExchangeTimeout,
+		HandshakeTimeout:   door.LoginTimeout,
+		DialTimeout:        door.DialTimeout,
+		RecheckEvery:       door.RecheckInterval,
+		Admission:          door.AdmissionConfig(),
+		Logins:             door.LoginConfig(),
+		Ready:              newReadiness(keys).Ready,
 	})
 	if err != nil {
 		return err
@@ -194,13 +209,23 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		_ = sshLn.Close()
 		return fmt.Errorf("api listener: %w", err)
 	}
-	apiURL := "https://" + apiLn.Addr().String()
-	if err := os.WriteFile(filepath.Join(o.data, "api.addr"), []byte(apiURL+"\n"), 0o600); err != nil {
+	// The admin API gets the same door as SSH, sized for a few admins:
+	// connections that have not presented the token are capped per source
+	// and in all, and closed after 30 s.
+	apiDoor, err := admit.NewListener(apiLn, apiAdmission(log))
+	if err != nil {
 		_ = sshLn.Close()
 		_ = apiLn.Close()
 		return err
 	}
+	apiURL := "https://" + apiLn.Addr().String()
+	if err := os.WriteFile(filepath.Join(o.data, "api.addr"), []byte(apiURL+"\n"), 0o600); err != nil {
+		_ = sshLn.Close()
+		_ = apiDoor.Close()
+		return err
+	}
 	api := &http.Server{
+		ConnContext:       admit.WithConn,
 		Handler:           vault.NewAPI(v, tokenSHA, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), log),
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 10 * time.Second,
@@ -211,7 +236,10 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
+	// The queue's two ends run until the gateway has drained: a signal
+	// stops new logins first, and sessions still logging in can check out
+	// their credential meanwhile.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -238,7 +266,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		return nil
 	})
 	start("admin api", func() error {
-		if err := api.ServeTLS(apiLn, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		if err := api.ServeTLS(apiDoor, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -261,4 +289,9 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// apiAdmission is the admin API's door: a few admins, never a crowd.
+func apiAdmission(log *slog.Logger) admit.Config {
+	return admit.Config{Name: "api", MaxPending: 64, MaxPerSource: 8, Rate: 10, Burst: 20, Timeout: 30 * time.Second, Log: log}
 }

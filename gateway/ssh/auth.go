@@ -119,6 +119,7 @@ func (c *conn) precheck(login string) (user, secret string, ok bool) {
 	refuse := func(reason string) (string, string, bool) {
 		s.logins.Failed("", c.source)
 		s.unchecked.Add(c.source, reason)
+		s.cfg.Metrics.refusedUnchecked(reason)
 		s.cfg.Metrics.login(false)
 		return "", "", false
 	}

@@ -13,6 +13,9 @@ type Metrics struct {
 	loginsFailed prometheus.Counter
 	bytesUp      prometheus.Counter // client → target
 	bytesDown    prometheus.Counter // target → client
+	refused      *prometheus.CounterVec
+	unchecked    *prometheus.CounterVec
+	revoked      prometheus.Counter
 }
 
 // NewMetrics creates the proxy's series and registers them with reg.
@@ -34,9 +37,39 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		loginsFailed: logins.WithLabelValues("failed"),
 		bytesUp:      bytes.WithLabelValues("up"),
 		bytesDown:    bytes.WithLabelValues("down"),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sallyport_ssh_connections_refused_total",
+			Help: "Connections refused or closed before login by admission, by reason (rate, per_source_cap, early_drop, full, evicted, timeout).",
+		}, []string{"reason"}),
+		unchecked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sallyport_ssh_logins_refused_unchecked_total",
+			Help: "Login attempts refused before any credential was checked, by reason (login_too_long, login_malformed, rate_limited).",
+		}, []string{"reason"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sallyport_ssh_sessions_revoked_total",
+			Help: "Live sessions ended because their grant no longer held (user or secret removed).",
+		}),
 	}
-	reg.MustRegister(m.sessions, logins, bytes)
+	reg.MustRegister(m.sessions, logins, bytes, m.refused, m.unchecked, m.revoked)
 	return m
+}
+
+func (m *Metrics) refusedConn(reason string) {
+	if m != nil {
+		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) refusedUnchecked(reason string) {
+	if m != nil {
+		m.unchecked.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) revokedSession() {
+	if m != nil {
+		m.revoked.Inc()
+	}
 }
 
 func (m *Metrics) login(ok bool) {

@@ -124,6 +124,9 @@ func (c *Config) setDefaults() {
 	}
 	c.Admission.Name = "ssh"
 	c.Admission.Log = c.Log
+	if c.Admission.OnRefuse == nil {
+		c.Admission.OnRefuse = c.Metrics.refusedConn
+	}
 	if c.Logins.Now == nil {
 		c.Logins.Now = c.Now
 	}

@@ -215,6 +215,7 @@ func (c *conn) revoke(msg string) {
 	if !c.endCause.CompareAndSwap(nil, &causeRevoked) {
 		return // already ending for another reason
 	}
+	c.srv.cfg.Metrics.revokedSession()
 	c.srv.cfg.Audit.Record(context.WithoutCancel(c.ctx), audit.Event{Kind: "session_revoked", Outcome: "denied",
 		User: c.id.User, Source: c.src.String(), Secret: c.secret, Attrs: []slog.Attr{slog.String("reason", "grant no longer holds")}})
 	c.chMu.Lock()

@@ -224,6 +224,7 @@ func wipeKey(k any) {
 	case ed25519.PrivateKey:
 		clear(k)
 	case *ecdsa.PrivateKey:
+		//lint:ignore SA1019 D is deprecated for use, but it still holds the scalar: zero it.
 		wipeInt(k.D)
 	case *rsa.PrivateKey:
 		wipeInt(k.D)
