@@ -323,6 +323,39 @@ func (bg *benchGateway) pid() int { return bg.g.cmd.Process.Pid }
 // secret whose target closes every connection at once.
 func startBenchGateways(b *testing.B, frAddr string) (rg, lg *benchGateway) {
 	b.Helper()
+	sinkPort := startSink(b)
+	rdir := b.TempDir()
+	writeSecretFile(b, rdir, "radius.secret", frSecret)
+	rg = &benchGateway{g: startConfiguredGateway(b, rdir, fmt.Sprintf(`auth: radius
+radius:
+  servers:
+    - {address: %q, secret_file: radius.secret}
+  timeout: %v
+  retries: %d
+  nas_identifier: %s
+`, frAddr, rbTimeout, rbRetries, rbNAS))}
+	rg.sinkSecret(b, sinkPort, rbUser, rbPassword)
+	return rg, startLocalBenchGateway(b, sinkPort)
+}
+
+// startLocalBenchGateway starts a gateway with local users and one fresh
+// user who may use one secret whose target, at sinkPort, closes every
+// connection at once.
+func startLocalBenchGateway(b *testing.B, sinkPort int) *benchGateway {
+	b.Helper()
+	lg := &benchGateway{g: startConfiguredGateway(b, b.TempDir(), "auth: local\n")}
+	local, err := lg.g.addUser(gatewayUser{Name: lg.g.Name("bench"), Password: newGatewayPassword()}, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lg.sinkSecret(b, sinkPort, local.Name, local.Password)
+	return lg
+}
+
+// startSink listens on a loopback port whose every connection is closed at
+// once, until the benchmark ends, and returns the port.
+func startSink(b *testing.B) int {
+	b.Helper()
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -339,41 +372,26 @@ func startBenchGateways(b *testing.B, frAddr string) (rg, lg *benchGateway) {
 			c.Close()
 		}
 	}()
-	// Registered first, so it runs after the gateways' cleanups stopped them.
+	// Registered before the gateways start, so it runs after their
+	// cleanups stopped them.
 	b.Cleanup(func() { sink.Close(); wg.Wait() })
-	sinkPort := sink.Addr().(*net.TCPAddr).Port
+	return sink.Addr().(*net.TCPAddr).Port
+}
 
-	rdir := b.TempDir()
-	writeSecretFile(b, rdir, "radius.secret", frSecret)
-	rg = &benchGateway{g: startConfiguredGateway(b, rdir, fmt.Sprintf(`auth: radius
-radius:
-  servers:
-    - {address: %q, secret_file: radius.secret}
-  timeout: %v
-  retries: %d
-  nas_identifier: %s
-`, frAddr, rbTimeout, rbRetries, rbNAS))}
-	lg = &benchGateway{g: startConfiguredGateway(b, b.TempDir(), "auth: local\n")}
-	local, err := lg.g.addUser(gatewayUser{Name: lg.g.Name("bench"), Password: newGatewayPassword()}, false)
+// sinkSecret adds a secret for the sink at port that user may use, and the
+// client configuration that logs in as user onto it.
+func (bg *benchGateway) sinkSecret(b *testing.B, port int, user, password string) {
+	b.Helper()
+	secret := bg.g.Name("sink")
+	bg.g.MustCtl(b, "Sink-"+randString(alnum, 24)+"\n", "secret", "add", secret,
+		"--host", "127.0.0.1", "--port", strconv.Itoa(port), "--username", "nobody",
+		"--password-stdin", "--host-key", env.Target(b).HostKeyPub, "--allow", user)
+	cfg, err := bg.g.kiClientConfig(user+"@"+secret, password)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, x := range []struct {
-		bg             *benchGateway
-		user, password string
-	}{{rg, rbUser, rbPassword}, {lg, local.Name, local.Password}} {
-		secret := x.bg.g.Name("sink")
-		x.bg.g.MustCtl(b, "Sink-"+randString(alnum, 24)+"\n", "secret", "add", secret,
-			"--host", "127.0.0.1", "--port", strconv.Itoa(sinkPort), "--username", "nobody",
-			"--password-stdin", "--host-key", env.Target(b).HostKeyPub, "--allow", x.user)
-		cfg, err := x.bg.g.kiClientConfig(x.user+"@"+secret, x.password)
-		if err != nil {
-			b.Fatal(err)
-		}
-		x.bg.cfg = cfg
-		x.bg.addr = "127.0.0.1:" + strconv.Itoa(x.bg.g.SSHPort)
-	}
-	return rg, lg
+	bg.cfg = cfg
+	bg.addr = "127.0.0.1:" + strconv.Itoa(bg.g.SSHPort)
 }
 
 // kiClientConfig logs in as login, answering the password prompt, with the

@@ -180,6 +180,7 @@ func (g *gateway) finalChecks(target *sshdTarget, extra ...needle) []string {
 		}
 	}
 
+	problems = append(problems, g.rateLimitedSources(log)...)
 	problems = append(problems, findNeedles("sallyport stdout/stderr", log, needles)...)
 	for _, tr := range transcripts {
 		cmd, _, _ := strings.Cut(tr, "\n")

@@ -57,6 +57,13 @@ type suite struct {
 	gw     *gateway
 	gwErr  error
 
+	// door is a second `sallyport dev` for the tests that attack the
+	// gateway (floods, lockouts, memory scans), so that what they do to
+	// its limiters, log and memory never touches the other tests.
+	doorOnce sync.Once
+	door     *gateway
+	doorErr  error
+
 	askpassOnce sync.Once
 	askpassFile string
 }
@@ -163,12 +170,38 @@ func (s *suite) Gateway(t testing.TB) *gateway {
 	return s.gw
 }
 
+// Door returns the gateway for hostile-traffic tests (see suite.door),
+// starting it on first use, with its own user alice.
+func (s *suite) Door(t testing.TB) *gateway {
+	t.Helper()
+	if s.buildErr != nil {
+		t.Fatalf("sallyport binary is missing: %v", s.buildErr)
+	}
+	target := s.Target(t)
+	s.doorOnce.Do(func() {
+		s.door, s.doorErr = startGateway(s.bin, filepath.Join(s.dir, "door"), target)
+		if s.doorErr == nil {
+			s.doorErr = s.door.addAlice()
+		}
+	})
+	if s.doorErr != nil {
+		t.Fatalf("sallyport gateway (door): %v", s.doorErr)
+	}
+	if err := s.door.exited(); err != nil {
+		t.Fatalf("the door gateway is no longer running (%v); log tail:\n%s", err, s.door.LogTail(40))
+	}
+	return s.door
+}
+
 // finish runs the end-of-suite checks and stops everything. It returns the
 // problems found; an empty list means the suite's shared parts were clean.
 func (s *suite) finish() []string {
 	var problems []string
 	if s.gw != nil {
 		problems = append(problems, s.gw.finalChecks(s.target)...)
+	}
+	if s.door != nil {
+		problems = append(problems, s.door.finalChecks(s.target)...)
 	}
 	if s.target != nil {
 		if err := s.target.Close(); err != nil {
