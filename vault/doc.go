@@ -29,6 +29,9 @@
 // secret "web01"; because secret names never contain '@', that split is
 // unambiguous. Group names are like user names but may also contain inner
 // spaces ("Domain Admins"). All names compare exactly (case-sensitively).
+// A new secret, site, user or group name may not start with '-', so that no
+// name can be taken for a command-line flag; names stored before that rule
+// can still be looked up and removed.
 //
 // An allow-list entry is either a user name, or "group:" followed by a group
 // name.

@@ -19,7 +19,7 @@ func siteKeyAAD(site string) string { return "site-key:" + site }
 // caller owns the returned slice and should clear it when done.
 func (v *Vault) SiteKey(ctx context.Context, site string) ([]byte, error) {
 	if !validSiteName(site) {
-		return nil, invalid("site", "must be 1..64 characters of [A-Za-z0-9._-]")
+		return nil, invalid("site", "must be 1..64 characters of [A-Za-z0-9._-], not starting with '-'")
 	}
 	key, err := v.lookupSiteKey(ctx, site)
 	if !errors.Is(err, ErrNotFound) {

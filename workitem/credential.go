@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 )
 
 // Op is what a credential request asks the vault to do.
@@ -107,6 +108,10 @@ func (c *Credential) String() string {
 
 // GoString redacts the secret parts under %#v.
 func (c *Credential) GoString() string { return c.String() }
+
+// LogValue redacts the secret parts in slog records, whatever the handler
+// (the JSON handler would otherwise print the fields, base64 and all).
+func (c *Credential) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // Secret kinds in Credential.SecretKind.
 const (

@@ -3,8 +3,11 @@ package workitem
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -177,4 +180,21 @@ func FuzzDecodeReply(f *testing.F) {
 			t.Fatal("a credential decoded without its secret")
 		}
 	})
+}
+
+func TestCredentialRedactsInLogs(t *testing.T) {
+	c := &Credential{Secret: "web01", Host: "h", Username: "root", Password: []byte("Sup3r-S3cret-Pw")}
+	var buf bytes.Buffer
+	for _, h := range []slog.Handler{slog.NewJSONHandler(&buf, nil), slog.NewTextHandler(&buf, nil)} {
+		slog.New(h).Info("x", "cred", c, "reply", CredentialReply{Credential: c})
+	}
+	out := buf.String()
+	for _, leak := range []string{"Sup3r-S3cret-Pw", base64.StdEncoding.EncodeToString(c.Password)} {
+		if strings.Contains(out, leak) {
+			t.Fatalf("a log line holds the password:\n%s", out)
+		}
+	}
+	if !strings.Contains(out, "REDACTED") {
+		t.Fatalf("no redaction marker:\n%s", out)
+	}
 }
