@@ -52,18 +52,17 @@ func classify(mem []byte, i int, n needle, secretLen int) string {
 	}
 	if strings.HasSuffix(n.what, "(base64)") {
 		// The body `sallyport ctl secret add` sends: {"name":…,"host":…,
-		// "port":…,"username":…,"password":"<base64>" (its start may be
-		// overwritten in a reused TLS buffer). A credential reply, were one
-		// ever encoded as JSON again, has "secret": and is not taken for it.
-		lo := max(0, i-512)
-		pre := mem[lo:i]
-		pw := bytes.LastIndex(pre, []byte(`,"password":"`))
-		if pw >= 0 && len(pre)-pw <= len(`,"password":"`)+4 {
-			pre = pre[:pw]
-			if f := bytes.LastIndex(pre, []byte(`"host":"`)); f >= 0 && bytes.Contains(pre[f:], []byte(`,"port":`)) &&
-				bytes.Contains(pre[f:], []byte(`,"username":"`)) && !bytes.Contains(pre, []byte(`"secret":`)) {
-				return copyAPIRequest
-			}
+		// "port":…,"username":"…","password":"<base64>","host_key":… (or
+		// "pin_on_first_use":…). Parts of it may be overwritten in a reused
+		// TLS buffer, so either side of the value identifies it. No other
+		// JSON in the process holds the target password: a credential reply
+		// carries it after the JSON, never in a "password" field.
+		before := mem[max(0, i-len(`"password":"`)-4):i]
+		end := min(len(mem), i+len(n.b))
+		after := mem[end:min(len(mem), end+len(`","pin_on_first_use":`)+4)]
+		if bytes.Contains(before, []byte(`"password":"`)) ||
+			bytes.Contains(after, []byte(`","host_key":"`)) || bytes.Contains(after, []byte(`","pin_on_first_use":`)) {
+			return copyAPIRequest
 		}
 	}
 	return ""
