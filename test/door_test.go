@@ -439,15 +439,16 @@ func (b *background) waitOutput(t *testing.T, s string) {
 	}
 }
 
-// TestDoorRevocationEndsSessions: `ctl user rm` and `ctl secret rm` end the
-// matching live sessions within 5 s, with a message to the user and an
-// audit event, and leave the others running.
+// TestDoorRevocationEndsSessions: `ctl user rm` and `ctl secret rm` (and
+// `disable`) end the matching live sessions within 5 s, with a message to
+// the user and an audit event, and leave the others running.
 func TestDoorRevocationEndsSessions(t *testing.T) {
 	g := env.Door(t)
-	leaver := g.AddUser(t, g.Name("leaver"), false)
-	kept, dropped := g.Name("kept"), g.Name("dropped")
-	g.AddSecret(t, secretSpec{Name: kept, Allow: []string{g.Alice.Name, leaver.Name}})
+	leaver, paused := g.AddUser(t, g.Name("leaver"), false), g.AddUser(t, g.Name("paused"), false)
+	kept, dropped, off := g.Name("kept"), g.Name("dropped"), g.Name("off")
+	g.AddSecret(t, secretSpec{Name: kept, Allow: []string{g.Alice.Name, leaver.Name, paused.Name}})
 	g.AddSecret(t, secretSpec{Name: dropped, Allow: []string{g.Alice.Name}})
+	g.AddSecret(t, secretSpec{Name: off, Allow: []string{g.Alice.Name}})
 	long := sshRun{Command: "echo started; sleep 120", Timeout: 3 * time.Minute}
 
 	for _, c := range []struct {
@@ -458,6 +459,8 @@ func TestDoorRevocationEndsSessions(t *testing.T) {
 	}{
 		{"user rm", sshRun{Login: leaver.Name + "@" + kept, Answers: leaver.Answers()}, []string{"user", "rm", leaver.Name}, "user=" + leaver.Name},
 		{"secret rm", sshRun{Login: g.Alice.Name + "@" + dropped, Answers: g.Alice.Answers()}, []string{"secret", "rm", dropped}, "secret=" + dropped},
+		{"user disable", sshRun{Login: paused.Name + "@" + kept, Answers: paused.Answers()}, []string{"user", "disable", paused.Name}, "user=" + paused.Name},
+		{"secret disable", sshRun{Login: g.Alice.Name + "@" + off, Answers: g.Alice.Answers()}, []string{"secret", "disable", off}, "secret=" + off},
 	} {
 		t.Run(c.what, func(t *testing.T) {
 			survivor := long

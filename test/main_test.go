@@ -151,46 +151,37 @@ func (s *suite) Target(t testing.TB) *sshdTarget {
 // the binary did not build or the gateway has died.
 func (s *suite) Gateway(t testing.TB) *gateway {
 	t.Helper()
-	if s.buildErr != nil {
-		t.Fatalf("sallyport binary is missing: %v", s.buildErr)
-	}
-	target := s.Target(t)
-	s.gwOnce.Do(func() {
-		s.gw, s.gwErr = startGateway(s.bin, filepath.Join(s.dir, "gateway"), target)
-		if s.gwErr == nil {
-			s.gwErr = s.gw.addAlice()
-		}
-	})
-	if s.gwErr != nil {
-		t.Fatalf("sallyport gateway: %v", s.gwErr)
-	}
-	if err := s.gw.exited(); err != nil {
-		t.Fatalf("sallyport gateway is no longer running (%v); log tail:\n%s", err, s.gw.LogTail(40))
-	}
-	return s.gw
+	return s.shared(t, &s.gwOnce, &s.gw, &s.gwErr, "gateway")
 }
 
 // Door returns the gateway for hostile-traffic tests (see suite.door),
 // starting it on first use, with its own user alice.
 func (s *suite) Door(t testing.TB) *gateway {
 	t.Helper()
+	return s.shared(t, &s.doorOnce, &s.door, &s.doorErr, "door")
+}
+
+// shared starts a shared gateway (data under s.dir/name) once, and checks
+// that it still runs.
+func (s *suite) shared(t testing.TB, once *sync.Once, g **gateway, gErr *error, name string) *gateway {
+	t.Helper()
 	if s.buildErr != nil {
 		t.Fatalf("sallyport binary is missing: %v", s.buildErr)
 	}
 	target := s.Target(t)
-	s.doorOnce.Do(func() {
-		s.door, s.doorErr = startGateway(s.bin, filepath.Join(s.dir, "door"), target)
-		if s.doorErr == nil {
-			s.doorErr = s.door.addAlice()
+	once.Do(func() {
+		*g, *gErr = startGateway(s.bin, filepath.Join(s.dir, name), target)
+		if *gErr == nil {
+			*gErr = (*g).addAlice()
 		}
 	})
-	if s.doorErr != nil {
-		t.Fatalf("sallyport gateway (door): %v", s.doorErr)
+	if *gErr != nil {
+		t.Fatalf("sallyport %s: %v", name, *gErr)
 	}
-	if err := s.door.exited(); err != nil {
-		t.Fatalf("the door gateway is no longer running (%v); log tail:\n%s", err, s.door.LogTail(40))
+	if err := (*g).exited(); err != nil {
+		t.Fatalf("sallyport %s is no longer running (%v); log tail:\n%s", name, err, (*g).LogTail(40))
 	}
-	return s.door
+	return *g
 }
 
 // finish runs the end-of-suite checks and stops everything. It returns the

@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -86,6 +87,8 @@ type api struct {
 //	GET    /v1/secrets        → {secrets: [...]}   (never a credential)
 //	GET    /v1/secrets/{name} → {...}              (never a credential)
 //	DELETE /v1/secrets/{name} → 204
+//	POST   /v1/users/{name}/disable, /v1/users/{name}/enable     → 204
+//	POST   /v1/secrets/{name}/disable, /v1/secrets/{name}/enable → 204
 //
 // password and private_key are base64 strings; port is required (1..65535,
 // there is no default). New names must not start with '-' (see
@@ -110,6 +113,10 @@ func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logg
 	mux.HandleFunc("GET /v1/secrets", a.listSecrets)
 	mux.HandleFunc("GET /v1/secrets/{name}", a.showSecret)
 	mux.HandleFunc("DELETE /v1/secrets/{name}", a.removeSecret)
+	mux.HandleFunc("POST /v1/users/{name}/disable", a.disableUser(true))
+	mux.HandleFunc("POST /v1/users/{name}/enable", a.disableUser(false))
+	mux.HandleFunc("POST /v1/secrets/{name}/disable", a.disableSecret(true))
+	mux.HandleFunc("POST /v1/secrets/{name}/enable", a.disableSecret(false))
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -347,4 +354,36 @@ func (a *api) removeSecret(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// disableUser serves POST /v1/users/{name}/disable and .../enable.
+func (a *api) disableUser(disabled bool) http.HandlerFunc {
+	kind := "admin_user_enable"
+	if disabled {
+		kind = "admin_user_disable"
+	}
+	return a.setDisabled(kind, a.v.SetUserDisabled)
+}
+
+// disableSecret serves POST /v1/secrets/{name}/disable and .../enable.
+func (a *api) disableSecret(disabled bool) http.HandlerFunc {
+	kind := "admin_secret_enable"
+	if disabled {
+		kind = "admin_secret_disable"
+	}
+	return a.setDisabled(kind, a.v.SetSecretDisabled)
+}
+
+func (a *api) setDisabled(kind string, set func(ctx context.Context, name string, disabled bool) error) http.HandlerFunc {
+	disabled := strings.HasSuffix(kind, "_disable")
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		err := set(r.Context(), name, disabled)
+		a.record(r, kind, err, slog.String("subject", logSafe(name)))
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
 }

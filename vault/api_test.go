@@ -128,6 +128,22 @@ func TestAPIUsers(t *testing.T) {
 	if strings.Contains(body, "argon2") || strings.Contains(body, "seed") {
 		t.Fatalf("user list leaks credentials: %s", body)
 	}
+	for _, c := range []struct {
+		path string
+		want int
+	}{
+		{"/v1/users/bob/disable", http.StatusNoContent},
+		{"/v1/users/bob/enable", http.StatusNoContent},
+		{"/v1/users/nosuch/disable", http.StatusNotFound},
+		{"/v1/secrets/nosuch/enable", http.StatusNotFound},
+	} {
+		if code, _, body := e.call(t, "POST", c.path, auth, ""); code != c.want {
+			t.Fatalf("POST %s: %d %s, want %d", c.path, code, body, c.want)
+		}
+	}
+	if evs := e.audit.find("admin_user_disable"); len(evs) != 2 || evs[0].Outcome != "ok" || evs[1].Outcome != "error" {
+		t.Fatalf("admin_user_disable events: %+v", evs)
+	}
 	code, _, _ = e.call(t, "DELETE", "/v1/users/alice@corp.example", auth, "")
 	if code != http.StatusNoContent {
 		t.Fatalf("delete: %d", code)

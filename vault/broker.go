@@ -251,6 +251,8 @@ func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.Cre
 		return deny("unknown secret")
 	case err != nil:
 		return unavailable(err)
+	case r.disabled:
+		return deny("secret disabled")
 	}
 	ok, err := v.allowed(ctx, req.Secret, req.User, req.Groups)
 	switch {
@@ -327,9 +329,9 @@ func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error)
 	}
 	groups := g.Groups
 	if g.Local {
-		var one int
-		switch err := v.db.QueryRowContext(ctx, `SELECT 1 FROM users WHERE name = ?`, g.User).Scan(&one); {
-		case errors.Is(err, sql.ErrNoRows):
+		var disabled bool
+		switch err := v.db.QueryRowContext(ctx, `SELECT disabled FROM users WHERE name = ?`, g.User).Scan(&disabled); {
+		case errors.Is(err, sql.ErrNoRows) || err == nil && disabled:
 			return false, nil
 		case err != nil:
 			return false, err
@@ -340,7 +342,7 @@ func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error)
 		}
 	}
 	// The allow list goes with its secret (ON DELETE CASCADE): a removed
-	// secret allows nobody.
+	// secret allows nobody; a disabled one neither (allowed).
 	return v.allowed(ctx, g.Secret, g.User, groups)
 }
 

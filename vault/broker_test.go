@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -506,6 +507,43 @@ func TestBrokerRecheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(true, false, false, true, false, false)
+	// Disabled: the secret for everyone, a local user for every secret.
+	if _, err := b.AddUser(ctx, UserSpec{Name: "dave", Password: []byte("dave-password-1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddSecret(ctx, passwordSecret(t, "dave01", targetPassword, "dave", "alice")); err != nil {
+		t.Fatal(err)
+	}
+	grants = []workitem.Grant{
+		{User: "dave", Local: true, Source: "x", Secret: "dave01"},
+		{User: "alice", Source: "x", Secret: "dave01"},
+		{User: "alice", Source: "x", Secret: "keep01"},
+	}
+	want(true, true, true)
+	if err := b.SetUserDisabled(ctx, "dave", true); err != nil {
+		t.Fatal(err)
+	}
+	want(false, true, true)
+	if err := b.SetSecretDisabled(ctx, "dave01", true); err != nil {
+		t.Fatal(err)
+	}
+	want(false, false, true)
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Source: "x", Secret: "dave01"}); r.Refused != workitem.RefusedDenied {
+		t.Fatalf("checkout of a disabled secret: %+v", r)
+	}
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpList, User: "alice", Source: "x"}); slices.Contains(r.Secrets, "dave01") {
+		t.Fatalf("a disabled secret is in the menu: %v", r.Secrets)
+	}
+	if err := b.SetSecretDisabled(ctx, "dave01", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetUserDisabled(ctx, "dave", false); err != nil {
+		t.Fatal(err)
+	}
+	want(true, true, true)
+	if err := b.SetUserDisabled(ctx, "nobody", true); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("disabling a missing user: %v", err)
+	}
 	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRecheck}); r.Refused != workitem.RefusedDenied {
 		t.Fatalf("an empty re-check: %+v", r)
 	}

@@ -224,3 +224,20 @@ func (c *Client) ShowSecret(ctx context.Context, name string) (SecretInfo, error
 func (c *Client) RemoveSecret(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/secrets/"+url.PathEscape(name), nil, http.StatusNoContent, nil)
 }
+
+// SetUserDisabled disables a local user, or enables them again.
+func (c *Client) SetUserDisabled(ctx context.Context, name string, disabled bool) error {
+	return c.do(ctx, http.MethodPost, "/v1/users/"+url.PathEscape(name)+"/"+disableVerb(disabled), nil, http.StatusNoContent, nil)
+}
+
+// SetSecretDisabled disables a secret, or enables it again.
+func (c *Client) SetSecretDisabled(ctx context.Context, name string, disabled bool) error {
+	return c.do(ctx, http.MethodPost, "/v1/secrets/"+url.PathEscape(name)+"/"+disableVerb(disabled), nil, http.StatusNoContent, nil)
+}
+
+func disableVerb(disabled bool) string {
+	if disabled {
+		return "disable"
+	}
+	return "enable"
+}

@@ -85,11 +85,13 @@ type SecretInfo struct {
 	// line, or "" while a pin-on-first-use secret has not been used.
 	HostKey string `json:"host_key"`
 	// HostKeyFingerprint is HostKey's SHA256:... fingerprint, or "".
-	HostKeyFingerprint string    `json:"host_key_fingerprint"`
-	PinOnFirstUse      bool      `json:"pin_on_first_use"`
-	Allow              []string  `json:"allow"`
-	Created            time.Time `json:"created"`
-	Updated            time.Time `json:"updated"`
+	HostKeyFingerprint string `json:"host_key_fingerprint"`
+	PinOnFirstUse      bool   `json:"pin_on_first_use"`
+	// Disabled secrets are checked out to nobody; their live sessions end.
+	Disabled bool      `json:"disabled"`
+	Allow    []string  `json:"allow"`
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
 }
 
 // parseHostKey parses a single authorized_keys line without options;
@@ -183,6 +185,7 @@ type secretRow struct {
 	kek                        string // label of the KEK that wraps wrappedDEK
 	hostKey                    []byte // wire format; nil until pinned
 	pinOnFirstUse              bool
+	disabled                   bool
 	created, updated           int64
 }
 
@@ -331,14 +334,48 @@ func (v *Vault) RemoveSecret(ctx context.Context, name string) error {
 	return nil
 }
 
-const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek`
+// SetSecretDisabled disables a secret (or enables it again): a disabled
+// secret is checked out to nobody and left out of menus, and its live
+// sessions end at their next re-check. It keeps its credential, pin and
+// allow list. ErrNotFound if there is none.
+func (v *Vault) SetSecretDisabled(ctx context.Context, name string, disabled bool) error {
+	if !ValidSecretName(name) {
+		return fmt.Errorf("secret: %w", ErrNotFound)
+	}
+	if err := v.setDisabled(ctx, `UPDATE secrets SET disabled = ?, updated = ? WHERE name = ?`, name, disabled, true); err != nil {
+		return fmt.Errorf("secret %q: %w", name, err)
+	}
+	v.log.Info("secret disabled changed", slog.String("secret", name), slog.Bool("disabled", disabled))
+	return nil
+}
+
+// setDisabled runs one of the two fixed disable statements; withStamp says
+// whether it takes the updated time.
+func (v *Vault) setDisabled(ctx context.Context, query, name string, disabled, withStamp bool) error {
+	args := []any{disabled}
+	if withStamp {
+		args = append(args, v.now().UnixNano())
+	}
+	res, err := v.db.ExecContext(ctx, query, append(args, name)...)
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("vault: %w", err)
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, disabled`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanSecret(sc scanner) (*secretRow, error) {
 	var r secretRow
 	if err := sc.Scan(&r.name, &r.host, &r.port, &r.username, &r.kind, &r.wrappedDEK, &r.credential,
-		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek); err != nil {
+		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek, &r.disabled); err != nil {
 		return nil, err
 	}
 	return &r, nil
@@ -348,7 +385,7 @@ func scanSecret(sc scanner) (*secretRow, error) {
 func (r *secretRow) info(allow []string) SecretInfo {
 	si := SecretInfo{
 		Name: r.name, Host: r.host, Port: r.port, Username: r.username, Kind: r.kind,
-		PinOnFirstUse: r.pinOnFirstUse, Allow: allow, Created: stamp(r.created), Updated: stamp(r.updated),
+		PinOnFirstUse: r.pinOnFirstUse, Disabled: r.disabled, Allow: allow, Created: stamp(r.created), Updated: stamp(r.updated),
 	}
 	if si.Allow == nil {
 		si.Allow = []string{}
@@ -474,7 +511,8 @@ func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
-// allowed reports whether user, or one of groups, is on secret's allow list.
+// allowed reports whether user, or one of groups, is on secret's allow list
+// and the secret is not disabled.
 func (v *Vault) allowed(ctx context.Context, secret, user string, groups []string) (bool, error) {
 	p := principals(user, groups)
 	if len(p) == 0 {
@@ -483,7 +521,8 @@ func (v *Vault) allowed(ctx context.Context, secret, user string, groups []strin
 	args := append([]any{secret}, p...)
 	var one int
 	// Only "?" placeholders are concatenated; every value is a bound argument.
-	query := `SELECT 1 FROM secret_allow WHERE secret = ? AND entry IN (` + placeholders(len(p)) + `) LIMIT 1` // #nosec G202 -- placeholders only
+	query := `SELECT 1 FROM secret_allow JOIN secrets ON secrets.name = secret_allow.secret
+		WHERE secret = ? AND secrets.disabled = 0 AND entry IN (` + placeholders(len(p)) + `) LIMIT 1` // #nosec G202 -- placeholders only
 	err := v.db.QueryRowContext(ctx, query, args...).Scan(&one)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -494,7 +533,8 @@ func (v *Vault) allowed(ctx context.Context, secret, user string, groups []strin
 	return true, nil
 }
 
-// allowedSecrets returns the sorted names of the secrets user or groups may use.
+// allowedSecrets returns the sorted names of the secrets user or groups may
+// use (disabled ones left out).
 func (v *Vault) allowedSecrets(ctx context.Context, user string, groups []string) ([]string, error) {
 	p := principals(user, groups)
 	names := []string{}
@@ -502,7 +542,8 @@ func (v *Vault) allowedSecrets(ctx context.Context, user string, groups []string
 		return names, nil
 	}
 	// Only "?" placeholders are concatenated; every value is a bound argument.
-	query := `SELECT DISTINCT secret FROM secret_allow WHERE entry IN (` + placeholders(len(p)) + `) ORDER BY secret` // #nosec G202 -- placeholders only
+	query := `SELECT DISTINCT secret FROM secret_allow JOIN secrets ON secrets.name = secret_allow.secret
+		WHERE secrets.disabled = 0 AND entry IN (` + placeholders(len(p)) + `) ORDER BY secret` // #nosec G202 -- placeholders only
 	rows, err := v.db.QueryContext(ctx, query, p...)
 	if err != nil {
 		return nil, err

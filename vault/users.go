@@ -47,6 +47,8 @@ type UserInfo struct {
 	TOTP    bool      `json:"totp"`
 	Groups  []string  `json:"groups"`
 	Created time.Time `json:"created"`
+	// Disabled users cannot log in; their live sessions end.
+	Disabled bool `json:"disabled"`
 }
 
 // validate checks a new user. Names that look like a flag are refused
@@ -152,9 +154,24 @@ func (v *Vault) RemoveUser(ctx context.Context, name string) error {
 	return nil
 }
 
+// SetUserDisabled disables a local user (or enables them again): a
+// disabled user cannot log in, and their live sessions end at their next
+// re-check. The user keeps their password, TOTP seed and groups.
+// ErrNotFound if there is none.
+func (v *Vault) SetUserDisabled(ctx context.Context, name string, disabled bool) error {
+	if !ValidUserName(name) {
+		return fmt.Errorf("user: %w", ErrNotFound)
+	}
+	if err := v.setDisabled(ctx, `UPDATE users SET disabled = ? WHERE name = ?`, name, disabled, false); err != nil {
+		return fmt.Errorf("user %q: %w", name, err)
+	}
+	v.log.Info("user disabled changed", slog.String("user", name), slog.Bool("disabled", disabled))
+	return nil
+}
+
 // ListUsers returns every local user, sorted by name.
 func (v *Vault) ListUsers(ctx context.Context) ([]UserInfo, error) {
-	rows, err := v.db.QueryContext(ctx, `SELECT name, totp_seed IS NOT NULL, created FROM users ORDER BY name`)
+	rows, err := v.db.QueryContext(ctx, `SELECT name, totp_seed IS NOT NULL, created, disabled FROM users ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("vault: list users: %w", err)
 	}
@@ -164,7 +181,7 @@ func (v *Vault) ListUsers(ctx context.Context) ([]UserInfo, error) {
 	for rows.Next() {
 		var u UserInfo
 		var created int64
-		if err := rows.Scan(&u.Name, &u.TOTP, &created); err != nil {
+		if err := rows.Scan(&u.Name, &u.TOTP, &created, &u.Disabled); err != nil {
 			return nil, fmt.Errorf("vault: list users: %w", err)
 		}
 		u.Created, u.Groups = stamp(created), []string{}
@@ -221,9 +238,9 @@ func (v *Vault) VerifyPassword(ctx context.Context, user string, password []byte
 	h, known := v.dummyHash, false
 	if ValidUserName(user) {
 		var stored string
-		var hasTOTP bool
-		err := v.db.QueryRowContext(ctx, `SELECT password_hash, totp_seed IS NOT NULL FROM users WHERE name = ?`, user).
-			Scan(&stored, &hasTOTP)
+		var hasTOTP, disabled bool
+		err := v.db.QueryRowContext(ctx, `SELECT password_hash, totp_seed IS NOT NULL, disabled FROM users WHERE name = ?`, user).
+			Scan(&stored, &hasTOTP, &disabled)
 		switch {
 		case err == nil:
 			parsed, perr := parsePHC(stored)
@@ -231,7 +248,9 @@ func (v *Vault) VerifyPassword(ctx context.Context, user string, password []byte
 				v.log.Error("stored password hash is malformed", slog.String("user", user))
 				return false, nil, perr
 			}
-			h, known, totp = parsed, true, hasTOTP
+			// A disabled user's password is still checked, so that the
+			// refusal takes the time of any other.
+			h, known, totp = parsed, !disabled, hasTOTP
 		case !errors.Is(err, sql.ErrNoRows):
 			return false, nil, fmt.Errorf("vault: verify password: %w", err)
 		}

@@ -251,6 +251,11 @@ CREATE TABLE kek_state (
 ) STRICT;
 INSERT INTO kek_state (id, current) VALUES (1, 'sallyport-kek');
 `,
+	// Version 3: users and secrets can be disabled without being removed.
+	`
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1));
+ALTER TABLE secrets ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1));
+`,
 }
 
 func (v *Vault) migrate(ctx context.Context) error {

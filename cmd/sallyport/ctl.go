@@ -29,14 +29,18 @@ commands:
   user add NAME --password-stdin [--totp] [--groups g1,g2]
   user list
   user rm NAME
+  user disable NAME | user enable NAME
   secret add NAME --host H [--port 22] --username U (--password-stdin | --private-key-file F)
                   (--host-key 'ssh-ed25519 AAAA...' | --pin-on-first-use) --allow alice[,bob,group:ops]
   secret list
   secret show NAME
   secret rm NAME
+  secret disable NAME | secret enable NAME
 
 Secrets are never taken from the command line: --password-stdin reads the
 first line of standard input. 'secret show' never prints the credential.
+Removing or disabling a user or a secret also ends their live sessions
+within seconds.
 --port defaults to 22; the vault itself has no default port.
 
 New names must not start with '-'. A name from before that rule is still
@@ -151,6 +155,10 @@ func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return ctlSecretShow(ctx, env, rest)
 	case "secret rm":
 		return ctlSecretRemove(ctx, env, rest)
+	case "user disable", "user enable":
+		return ctlSetDisabled(ctx, env, noun+" "+verb, rest, (*vault.Client).SetUserDisabled)
+	case "secret disable", "secret enable":
+		return ctlSetDisabled(ctx, env, noun+" "+verb, rest, (*vault.Client).SetSecretDisabled)
 	}
 	return usagef("unknown command %q", noun+" "+verb)
 }
@@ -355,15 +363,39 @@ func ctlUserList(ctx context.Context, env *ctlEnv, args []string) error {
 		return fmt.Errorf("user list: %w", err)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTOTP\tGROUPS\tCREATED")
+	fmt.Fprintln(tw, "NAME\tTOTP\tGROUPS\tSTATE\tCREATED")
 	for _, u := range users {
 		groups := strings.Join(u.Groups, ",")
 		if groups == "" {
 			groups = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(u.Name), yesNo(u.TOTP), printable(groups), u.Created.Local().Format(time.RFC3339))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(u.Name), yesNo(u.TOTP), printable(groups), state(u.Disabled), u.Created.Local().Format(time.RFC3339))
 	}
 	return tw.Flush()
+}
+
+func state(disabled bool) string {
+	if disabled {
+		return "disabled"
+	}
+	return "enabled"
+}
+
+// ctlSetDisabled runs `user|secret disable|enable NAME`.
+func ctlSetDisabled(ctx context.Context, env *ctlEnv, cmd string, args []string, set func(*vault.Client, context.Context, string, bool) error) error {
+	name, err := parseNamed(newFlagSet(cmd), args)
+	if err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := set(c, ctx, name, strings.HasSuffix(cmd, " disable")); err != nil {
+		return fmt.Errorf("%s %s: %w", cmd, name, err)
+	}
+	return nil
 }
 
 func yesNo(b bool) string {
@@ -459,10 +491,10 @@ func ctlSecretList(ctx context.Context, env *ctlEnv, args []string) error {
 		return fmt.Errorf("secret list: %w", err)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTARGET\tKIND\tHOST KEY\tALLOW")
+	fmt.Fprintln(tw, "NAME\tTARGET\tKIND\tHOST KEY\tALLOW\tSTATE")
 	for _, s := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(target(s)), printable(s.Kind),
-			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(target(s)), printable(s.Kind),
+			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")), state(s.Disabled))
 	}
 	return tw.Flush()
 }
@@ -511,6 +543,7 @@ func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
 		{"host key", hostKey},
 		{"fingerprint", hostKeySummary(s)},
 		{"pin on first use", yesNo(s.PinOnFirstUse)},
+		{"state", state(s.Disabled)},
 		{"allow", strings.Join(s.Allow, ",")},
 		{"created", s.Created.Local().Format(time.RFC3339)},
 		{"updated", s.Updated.Local().Format(time.RFC3339)},

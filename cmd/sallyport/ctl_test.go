@@ -154,6 +154,28 @@ func TestCtlUsersAndSecrets(t *testing.T) {
 		}
 	}
 	must("", "secret", "show", "db01")
+
+	// Disabling keeps everything and shows in the lists; enabling undoes it.
+	must("", "user", "disable", "bob")
+	if _, _, err := e.v.VerifyPassword(context.Background(), "bob", []byte(userPW)); err == nil {
+		t.Fatal("a disabled user's password still verifies")
+	}
+	if r = must("", "user", "list"); !strings.Contains(r.stdout, "disabled") {
+		t.Fatalf("user list does not show bob disabled:\n%s", r.stdout)
+	}
+	must("", "user", "enable", "bob")
+	if _, _, err := e.v.VerifyPassword(context.Background(), "bob", []byte(userPW)); err != nil {
+		t.Fatalf("an enabled user's password does not verify: %v", err)
+	}
+	must("", "secret", "disable", "db01")
+	if r = must("", "secret", "show", "db01"); !strings.Contains(r.stdout, "disabled") {
+		t.Fatalf("secret show does not say disabled:\n%s", r.stdout)
+	}
+	must("", "secret", "enable", "db01")
+	if r = e.run("", "secret", "disable", "nosuch"); r.code != 1 || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("disabling a missing secret: %+v", r)
+	}
+
 	must("", "secret", "rm", "web01")
 	must("", "user", "rm", "bob")
 

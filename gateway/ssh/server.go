@@ -207,6 +207,9 @@ func (s *Server) Serve(l net.Listener) error {
 		if err != nil {
 			return fmt.Errorf("ssh gateway: %w", err)
 		}
+		// Ours to close, also when accepting fails for good: it stops the
+		// tally's goroutine.
+		defer al.Close()
 		l = al
 	}
 	s.mu.Lock()
