@@ -44,7 +44,7 @@ type Admission struct {
 	// max_pending.
 	EarlyDropFrom int `yaml:"early_drop_from"`
 	// ConnectionRatePerSource and ConnectionBurstPerSource bound how fast
-	// one source opens connections. Default 20 per second, bursts of 40.
+	// one source opens connections. Default 50 per second, bursts of 100.
 	ConnectionRatePerSource  float64 `yaml:"connection_rate_per_source"`
 	ConnectionBurstPerSource int     `yaml:"connection_burst_per_source"`
 	// IPv4Prefix and IPv6Prefix say how much of an address is one source.

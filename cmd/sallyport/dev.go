@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -200,11 +199,11 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 		return err
 	}
 
-	sshLn, err := net.Listen("tcp", o.sshAddr)
+	sshLn, err := admit.Listen("tcp", o.sshAddr)
 	if err != nil {
 		return fmt.Errorf("ssh listener: %w", err)
 	}
-	apiLn, err := net.Listen("tcp", o.apiAddr)
+	apiLn, err := admit.Listen("tcp", o.apiAddr)
 	if err != nil {
 		_ = sshLn.Close()
 		return fmt.Errorf("api listener: %w", err)
