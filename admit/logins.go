@@ -95,8 +95,8 @@ func (c LoginConfig) Validate() error {
 type Decision struct {
 	// Allow says whether the attempt may be checked at all.
 	Allow bool
-	// Delay is how long to wait before checking it (its source is failing
-	// a lot); zero when allowed at once.
+	// Delay is how long to wait before checking it, or before refusing it
+	// (its source is failing a lot); zero when answered at once.
 	Delay time.Duration
 	// Reason says why an attempt is refused, for the log and audit; it
 	// names no user and no source.
@@ -148,20 +148,25 @@ func (l *Logins) Check(user string, src netip.Prefix) Decision {
 	now := l.cfg.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// A source that keeps failing waits before each answer, refusals
+	// included: a guesser whose budget is spent is held, not answered at
+	// once, so it cannot make the gateway run key exchanges as fast as it
+	// can connect. Users who have logged in from the source are spared.
+	srcDelay := l.delay(l.sources.tokens(l.keys.key(domainSource, "", src), now))
 	known := false
 	if user != "" {
 		pair := l.keys.key(domainPair, user, src)
 		known = l.known.seenSince(pair, now.Add(-l.cfg.KnownFor))
 		if l.pairs.tokens(pair, now) < 1 {
-			return Decision{Reason: RefusedPair}
+			return Decision{Reason: RefusedPair, Delay: srcDelay}
 		}
 		if !known && l.users.tokens(l.keys.key(domainUser, user, src), now) < 1 {
-			return Decision{Reason: RefusedUser}
+			return Decision{Reason: RefusedUser, Delay: srcDelay}
 		}
 	}
 	d := Decision{Allow: true}
 	if !known {
-		d.Delay = l.delay(l.sources.tokens(l.keys.key(domainSource, "", src), now))
+		d.Delay = srcDelay
 	}
 	return d
 }

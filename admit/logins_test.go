@@ -48,6 +48,27 @@ func TestLoginsPairBudgetSparesOthers(t *testing.T) {
 	}
 }
 
+// TestLoginsRefusalsWaitToo: once a source is in debt, refusals of its
+// spent pairs are delayed like checks, so a guesser is held, not answered
+// at the rate it connects.
+func TestLoginsRefusalsWaitToo(t *testing.T) {
+	clk := newClock()
+	l := mustLogins(t, LoginConfig{Now: clk.now})
+	src := pfx("192.0.2.44")
+	for range DefaultSourceBurst + 3 {
+		l.Failed("alice", src)
+	}
+	d := l.Check("alice", src)
+	if d.Allow || d.Reason != RefusedPair || d.Delay == 0 {
+		t.Fatalf("a spent pair from a source in debt: %+v, want a delayed refusal", d)
+	}
+	// A user known at that source is neither delayed nor refused.
+	l.Succeeded("carol", src)
+	if d := l.Check("carol", src); !d.Allow || d.Delay != 0 {
+		t.Fatalf("carol: %+v", d)
+	}
+}
+
 func TestLoginsSourceIsSlowedNotLocked(t *testing.T) {
 	clk := newClock()
 	l := mustLogins(t, LoginConfig{Now: clk.now})

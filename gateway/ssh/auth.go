@@ -131,12 +131,10 @@ func (c *conn) precheck(login string) (user, secret string, ok bool) {
 		return refuse(refusedMalformed)
 	}
 	d := s.logins.Check(user, c.source)
-	if !d.Allow {
-		return refuse(refusedLimited)
-	}
 	if d.Delay > 0 {
-		// The source is failing a lot: make it wait. This holds one of the
-		// source's own few pending slots, nobody else's.
+		// The source is failing a lot: make it wait, for a refusal too.
+		// This holds one of the source's own few pending slots, nobody
+		// else's.
 		t := time.NewTimer(d.Delay)
 		defer t.Stop()
 		select {
@@ -144,6 +142,9 @@ func (c *conn) precheck(login string) (user, secret string, ok bool) {
 		case <-c.ctx.Done():
 			return "", "", false
 		}
+	}
+	if !d.Allow {
+		return refuse(refusedLimited)
 	}
 	return user, secret, true
 }
