@@ -13,7 +13,8 @@ package e2e
 // SPT_BENCH_ROUNDS (transfers per path and direction, default 5),
 // SPT_BENCH_LOGINS (logins per path, default 30), SPT_BENCH_SESSIONS (idle
 // sessions, default 1000), SPT_BENCH_OPEN_CONCURRENCY (logins in flight
-// while opening them, default 16).
+// while opening them, default 16), SPT_BENCH_FLOOD_ROUNDS and
+// SPT_BENCH_FLOOD_LOGINS (see BenchmarkLoginsUnderFlood).
 
 import (
 	"bufio"
