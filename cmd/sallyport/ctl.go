@@ -146,7 +146,7 @@ func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "user list":
 		return ctlUserList(ctx, env, rest)
 	case "user rm":
-		return ctlUserRemove(ctx, env, rest)
+		return ctlNamed(ctx, env, "user rm", rest, (*vault.Client).RemoveUser)
 	case "secret add":
 		return ctlSecretAdd(ctx, env, rest)
 	case "secret list":
@@ -154,11 +154,11 @@ func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "secret show":
 		return ctlSecretShow(ctx, env, rest)
 	case "secret rm":
-		return ctlSecretRemove(ctx, env, rest)
+		return ctlNamed(ctx, env, "secret rm", rest, (*vault.Client).RemoveSecret)
 	case "user disable", "user enable":
-		return ctlSetDisabled(ctx, env, noun+" "+verb, rest, (*vault.Client).SetUserDisabled)
+		return ctlNamed(ctx, env, noun+" "+verb, rest, setDisabled((*vault.Client).SetUserDisabled, verb == "disable"))
 	case "secret disable", "secret enable":
-		return ctlSetDisabled(ctx, env, noun+" "+verb, rest, (*vault.Client).SetSecretDisabled)
+		return ctlNamed(ctx, env, noun+" "+verb, rest, setDisabled((*vault.Client).SetSecretDisabled, verb == "disable"))
 	}
 	return usagef("unknown command %q", noun+" "+verb)
 }
@@ -381,8 +381,9 @@ func state(disabled bool) string {
 	return "enabled"
 }
 
-// ctlSetDisabled runs `user|secret disable|enable NAME`.
-func ctlSetDisabled(ctx context.Context, env *ctlEnv, cmd string, args []string, set func(*vault.Client, context.Context, string, bool) error) error {
+// ctlNamed runs a command that takes one NAME and calls the API once:
+// `user rm`, `secret rm`, `user|secret disable|enable`.
+func ctlNamed(ctx context.Context, env *ctlEnv, cmd string, args []string, call func(c *vault.Client, ctx context.Context, name string) error) error {
 	name, err := parseNamed(newFlagSet(cmd), args)
 	if err != nil {
 		return err
@@ -392,10 +393,15 @@ func ctlSetDisabled(ctx context.Context, env *ctlEnv, cmd string, args []string,
 		return err
 	}
 	defer c.Close()
-	if err := set(c, ctx, name, strings.HasSuffix(cmd, " disable")); err != nil {
+	if err := call(c, ctx, name); err != nil {
 		return fmt.Errorf("%s %s: %w", cmd, name, err)
 	}
 	return nil
+}
+
+// setDisabled adapts a Set…Disabled client method for ctlNamed.
+func setDisabled(set func(*vault.Client, context.Context, string, bool) error, disabled bool) func(*vault.Client, context.Context, string) error {
+	return func(c *vault.Client, ctx context.Context, name string) error { return set(c, ctx, name, disabled) }
 }
 
 func yesNo(b bool) string {
@@ -403,22 +409,6 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-func ctlUserRemove(ctx context.Context, env *ctlEnv, args []string) error {
-	name, err := parseNamed(newFlagSet("user rm"), args)
-	if err != nil {
-		return err
-	}
-	c, err := env.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveUser(ctx, name); err != nil {
-		return fmt.Errorf("user rm %s: %w", name, err)
-	}
-	return nil
 }
 
 func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
@@ -551,20 +541,4 @@ func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
 		fmt.Fprintf(tw, "%s:\t%s\n", row[0], printable(row[1]))
 	}
 	return tw.Flush()
-}
-
-func ctlSecretRemove(ctx context.Context, env *ctlEnv, args []string) error {
-	name, err := parseNamed(newFlagSet("secret rm"), args)
-	if err != nil {
-		return err
-	}
-	c, err := env.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.RemoveSecret(ctx, name); err != nil {
-		return fmt.Errorf("secret rm %s: %w", name, err)
-	}
-	return nil
 }
