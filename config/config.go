@@ -33,7 +33,7 @@ import (
 
 	"github.com/goccy/go-yaml"
 
-	"github.com/sallyport/sallyport/vault"
+	"github.com/sallyport/sallyport/names"
 )
 
 // MaxFileSize bounds the configuration file.
@@ -235,7 +235,7 @@ func (c *File) check() error {
 	}
 	seen := map[string]bool{}
 	for i, u := range c.BreakGlass {
-		if !vault.ValidUserName(u) {
+		if !names.ValidUserName(u) {
 			return fmt.Errorf("break_glass[%d]: %q is not a valid user name", i, u)
 		}
 		if seen[u] {

@@ -56,9 +56,19 @@ func NewCredentials(conn connector.Connector, site string, siteKey []byte, reque
 	}
 }
 
+// replyPrefetch is how many replies are handled at once; each is a
+// lookup and a channel send.
+const replyPrefetch = 64
+
 // Run receives replies until ctx ends.
 func (c *Credentials) Run(ctx context.Context) error {
-	return c.conn.Consume(ctx, c.replyQueue, c.receive)
+	if err := c.conn.Declare(ctx, c.replyQueue, connector.Private); err != nil {
+		return err
+	}
+	return c.conn.Consume(ctx, c.replyQueue, replyPrefetch, func(ctx context.Context, d connector.Delivery) {
+		c.receive(ctx, d.Body())
+		_ = d.Ack()
+	})
 }
 
 func (c *Credentials) receive(_ context.Context, sealed []byte) {
@@ -111,7 +121,7 @@ func (c *Credentials) call(ctx context.Context, req workitem.CredentialRequest) 
 
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if err := c.conn.Publish(ctx, c.requestQueue, sealed); err != nil {
+	if err := c.conn.Publish(ctx, c.requestQueue, sealed, c.timeout); err != nil {
 		return reply, fmt.Errorf("%w: publish credential request: %v", gw.ErrUnavailable, err)
 	}
 	select {

@@ -17,7 +17,9 @@ import (
 
 // responder plays the vault's side of the queue with the given answer.
 func responder(ctx context.Context, t *testing.T, conn connector.Connector, key []byte, answer func(workitem.CredentialRequest) workitem.CredentialReply) {
-	_ = conn.Consume(ctx, "vault.requests", func(ctx context.Context, sealed []byte) {
+	_ = conn.Consume(ctx, "vault.requests", 8, func(ctx context.Context, d connector.Delivery) {
+		defer d.Ack()
+		sealed := d.Body()
 		h, body, err := workitem.Open(key, sealed, time.Now())
 		if err != nil {
 			t.Errorf("vault could not open request: %v", err)
@@ -31,7 +33,7 @@ func responder(ctx context.Context, t *testing.T, conn connector.Connector, key 
 		r := answer(req)
 		out, _ := workitem.EncodeReply(&r)
 		reply, _ := workitem.Seal(key, workitem.Header{Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply, Expiry: time.Now().Add(time.Minute)}, out)
-		_ = conn.Publish(ctx, req.ReplyTo, reply)
+		_ = conn.Publish(ctx, req.ReplyTo, reply, time.Minute)
 	})
 }
 
@@ -97,7 +99,7 @@ func TestCredentialsTimeoutAndForgery(t *testing.T) {
 	}
 	// Publish a reply sealed under another key straight onto c's reply queue.
 	bad, _ := workitem.Seal(bytes.Repeat([]byte{2}, 32), workitem.Header{Site: "dev", ID: "x", Kind: workitem.KindCredentialReply, Expiry: time.Now().Add(time.Minute)}, []byte("{}"))
-	if err := mem.Publish(ctx, c.replyQueue, bad); err != nil {
+	if err := mem.Publish(ctx, c.replyQueue, bad, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if cred, err := c.Checkout(ctx, gw.Identity{User: "a"}, netip.AddrPort{}, "s"); err != nil || string(cred.Password) != "forged" {

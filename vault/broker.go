@@ -9,13 +9,13 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/audit"
 	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/workitem"
 )
 
@@ -43,30 +43,19 @@ const (
 // warn level without their content. A request whose reply queue is unusable
 // is dropped too: there is nowhere to send the refusal.
 func (v *Vault) ServeCredentials(ctx context.Context, conn connector.Connector, queue string) error {
-	var wg sync.WaitGroup
-	slots := make(chan struct{}, maxInFlight)
-	err := conn.Consume(ctx, queue, func(_ context.Context, body []byte) {
+	err := conn.Consume(ctx, queue, maxInFlight, func(ctx context.Context, d connector.Delivery) {
+		// Every request is answered or dropped here and never retried:
+		// a retry would come after the engine stopped waiting.
+		defer func() { _ = d.Ack() }()
+		body := d.Body()
 		if len(body) > workitem.MaxSealed {
 			v.log.Warn("credential request dropped", slog.String("reason", "too large"), slog.Int("bytes", len(body)))
 			return
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		// The connector may reuse body once handle returns.
-		msg := bytes.Clone(body)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
-			defer cancel()
-			v.handleRequest(rctx, conn, msg)
-		}()
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		v.handleRequest(rctx, conn, body)
 	})
-	wg.Wait()
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -150,7 +139,7 @@ func (v *Vault) handleRequest(ctx context.Context, conn connector.Connector, msg
 		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: seal", append(where, slog.Any("error", err))...)
 		return
 	}
-	if err := conn.Publish(ctx, req.ReplyTo, sealed); err != nil {
+	if err := conn.Publish(ctx, req.ReplyTo, sealed, replyTTL); err != nil {
 		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: publish", append(where, slog.Any("error", err))...)
 	}
 }
@@ -179,7 +168,7 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 	if req.Op == workitem.OpRecheck {
 		return v.recheck(ctx, ev, req)
 	}
-	if !ValidUserName(req.User) || len(req.Groups) > maxGroups {
+	if !names.ValidUserName(req.User) || len(req.Groups) > names.MaxGroups {
 		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 		ev.Attrs = append(ev.Attrs, slog.String("reason", "invalid user or groups"))
 		v.sink.Record(ctx, ev)
@@ -242,7 +231,7 @@ func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.Cre
 		v.sink.Record(ctx, ev)
 		return nil, &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 	}
-	if !ValidSecretName(req.Secret) {
+	if !names.ValidSecretName(req.Secret) {
 		return deny("invalid secret name")
 	}
 	r, err := v.loadSecret(ctx, v.db, req.Secret)
@@ -324,7 +313,7 @@ func (v *Vault) recheck(ctx context.Context, ev audit.Event, req *workitem.Crede
 // grantHolds reports whether g's user (still there, for a local user, and
 // with their current groups) may still use g's secret (still there).
 func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error) {
-	if !ValidUserName(g.User) || len(g.Groups) > maxGroups || !ValidSecretName(g.Secret) {
+	if !names.ValidUserName(g.User) || len(g.Groups) > names.MaxGroups || !names.ValidSecretName(g.Secret) {
 		return false, nil
 	}
 	groups := g.Groups

@@ -74,7 +74,7 @@ func (b *brokerEnv) send(t *testing.T, req workitem.CredentialRequest, mutate fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.conn.Publish(context.Background(), requestQueue, sealed); err != nil {
+	if err := b.conn.Publish(context.Background(), requestQueue, sealed, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	return id, req.ReplyTo
@@ -86,9 +86,10 @@ func (b *brokerEnv) receive(t *testing.T, queue string, d time.Duration) ([]byte
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var got []byte
-	_ = b.conn.Consume(ctx, queue, func(_ context.Context, body []byte) {
+	_ = b.conn.Consume(ctx, queue, 1, func(_ context.Context, d connector.Delivery) {
+		_ = d.Ack()
 		if got == nil {
-			got = body
+			got = bytes.Clone(d.Body())
 		}
 		cancel()
 	})
@@ -387,7 +388,7 @@ func TestBrokerDropsBadItems(t *testing.T) {
 		})
 	}
 	// Raw garbage and a body that is not a request.
-	if err := b.conn.Publish(context.Background(), requestQueue, []byte("not a work item")); err != nil {
+	if err := b.conn.Publish(context.Background(), requestQueue, []byte("not a work item"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	sealed, err := workitem.Seal(b.key, workitem.Header{Site: "dev", ID: "x1", Kind: workitem.KindCredentialRequest,
@@ -395,7 +396,7 @@ func TestBrokerDropsBadItems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.conn.Publish(context.Background(), requestQueue, sealed); err != nil {
+	if err := b.conn.Publish(context.Background(), requestQueue, sealed, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := b.receive(t, "site.x", 300*time.Millisecond); ok {

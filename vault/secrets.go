@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/names"
 )
 
 // Credential kinds, as reported in SecretInfo.Kind.
@@ -130,9 +132,9 @@ func parseWireHostKey(b []byte) (ssh.PublicKey, error) {
 // a silent 22, so that what is stored is what the caller said.
 func (s *SecretSpec) validate() (ssh.PublicKey, error) {
 	switch {
-	case !ValidSecretName(s.Name):
+	case !names.ValidSecretName(s.Name):
 		return nil, invalid("name", "must be 1..64 characters of [A-Za-z0-9._-]")
-	case LooksLikeFlag(s.Name):
+	case names.LooksLikeFlag(s.Name):
 		return nil, invalid("name", notFlagWhy)
 	case !validHost(s.Host):
 		return nil, invalid("host", "must be a DNS name or IP address of at most 253 characters")
@@ -318,7 +320,7 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 // RemoveSecret deletes a secret and its allow list. It returns ErrNotFound
 // if there is none.
 func (v *Vault) RemoveSecret(ctx context.Context, name string) error {
-	if !ValidSecretName(name) {
+	if !names.ValidSecretName(name) {
 		return fmt.Errorf("secret: %w", ErrNotFound)
 	}
 	res, err := v.db.ExecContext(ctx, `DELETE FROM secrets WHERE name = ?`, name)
@@ -339,7 +341,7 @@ func (v *Vault) RemoveSecret(ctx context.Context, name string) error {
 // sessions end at their next re-check. It keeps its credential, pin and
 // allow list. ErrNotFound if there is none.
 func (v *Vault) SetSecretDisabled(ctx context.Context, name string, disabled bool) error {
-	if !ValidSecretName(name) {
+	if !names.ValidSecretName(name) {
 		return fmt.Errorf("secret: %w", ErrNotFound)
 	}
 	if err := v.setDisabled(ctx, `UPDATE secrets SET disabled = ?, updated = ? WHERE name = ?`, name, disabled, true); err != nil {
@@ -461,7 +463,7 @@ type querier interface {
 
 // loadSecret reads one row, or returns ErrNotFound.
 func (v *Vault) loadSecret(ctx context.Context, q querier, name string) (*secretRow, error) {
-	if !ValidSecretName(name) {
+	if !names.ValidSecretName(name) {
 		return nil, fmt.Errorf("secret: %w", ErrNotFound)
 	}
 	r, err := scanSecret(q.QueryRowContext(ctx, `SELECT `+secretColumns+` FROM secrets WHERE name = ?`, name))
@@ -495,11 +497,11 @@ func (v *Vault) allowList(ctx context.Context, name string) ([]string, error) {
 // Invalid names are skipped: they can never match a stored entry.
 func principals(user string, groups []string) []any {
 	out := []any{}
-	if ValidUserName(user) {
+	if names.ValidUserName(user) {
 		out = append(out, user)
 	}
 	for _, g := range groups {
-		if ValidGroupName(g) {
+		if names.ValidGroupName(g) {
 			out = append(out, groupPrefix+g)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/sallyport/sallyport/names"
 )
 
 // siteKeyLen is the AES-256 key length of a site key.
@@ -18,8 +20,8 @@ func siteKeyAAD(site string) string { return "site-key:" + site }
 // first call. It is stored only wrapped by the key-encryption key. The
 // caller owns the returned slice and should clear it when done.
 func (v *Vault) SiteKey(ctx context.Context, site string) ([]byte, error) {
-	if !validSiteName(site) {
-		return nil, invalid("site", "must be 1..64 characters of [A-Za-z0-9._-], not starting with '-'")
+	if !names.ValidSiteName(site) {
+		return nil, invalid("site", "must be 1..64 characters of [A-Za-z0-9_-], not starting with '-'")
 	}
 	key, err := v.lookupSiteKey(ctx, site)
 	if !errors.Is(err, ErrNotFound) {
@@ -49,7 +51,7 @@ func (v *Vault) SiteKey(ctx context.Context, site string) ([]byte, error) {
 // lookupSiteKey returns site's key, or ErrNotFound; it never creates one,
 // so a forged item naming an arbitrary site cannot make the vault store keys.
 func (v *Vault) lookupSiteKey(ctx context.Context, site string) ([]byte, error) {
-	if !validSiteName(site) {
+	if !names.ValidSiteName(site) {
 		return nil, fmt.Errorf("site: %w", ErrNotFound)
 	}
 	var wrapped []byte

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"slices"
 	"time"
+
+	"github.com/sallyport/sallyport/names"
 )
 
 // UserSpec describes a new local gateway user. Call Wipe when done with it.
@@ -56,20 +58,20 @@ type UserInfo struct {
 // ValidUserName).
 func (u *UserSpec) validate() error {
 	switch {
-	case !ValidUserName(u.Name):
+	case !names.ValidUserName(u.Name):
 		return invalid("name", "must be 1..128 printable characters without whitespace, ',' or ':'")
-	case LooksLikeFlag(u.Name):
+	case names.LooksLikeFlag(u.Name):
 		return invalid("name", notFlagWhy)
 	case len(u.Password) < minPassword || len(u.Password) > maxPassword:
 		return invalid("password", fmt.Sprintf("must be %d..%d bytes", minPassword, maxPassword))
-	case len(u.Groups) > maxGroups:
-		return invalid("groups", fmt.Sprintf("at most %d groups", maxGroups))
+	case len(u.Groups) > names.MaxGroups:
+		return invalid("groups", fmt.Sprintf("at most %d groups", names.MaxGroups))
 	}
 	for _, g := range u.Groups {
-		if !ValidGroupName(g) {
+		if !names.ValidGroupName(g) {
 			return invalid("groups", "a group name must be 1..128 printable characters without ',' or control characters")
 		}
-		if LooksLikeFlag(g) {
+		if names.LooksLikeFlag(g) {
 			return invalid("groups", "a group name "+notFlagWhy)
 		}
 	}
@@ -138,7 +140,7 @@ func (v *Vault) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err
 
 // RemoveUser deletes a local user. It returns ErrNotFound if there is none.
 func (v *Vault) RemoveUser(ctx context.Context, name string) error {
-	if !ValidUserName(name) {
+	if !names.ValidUserName(name) {
 		return fmt.Errorf("user: %w", ErrNotFound)
 	}
 	res, err := v.db.ExecContext(ctx, `DELETE FROM users WHERE name = ?`, name)
@@ -159,7 +161,7 @@ func (v *Vault) RemoveUser(ctx context.Context, name string) error {
 // re-check. The user keeps their password, TOTP seed and groups.
 // ErrNotFound if there is none.
 func (v *Vault) SetUserDisabled(ctx context.Context, name string, disabled bool) error {
-	if !ValidUserName(name) {
+	if !names.ValidUserName(name) {
 		return fmt.Errorf("user: %w", ErrNotFound)
 	}
 	if err := v.setDisabled(ctx, `UPDATE users SET disabled = ? WHERE name = ?`, name, disabled, false); err != nil {
@@ -236,7 +238,7 @@ func (v *Vault) userGroups(ctx context.Context, user string) ([]string, error) {
 // Other errors mean the vault could not decide.
 func (v *Vault) VerifyPassword(ctx context.Context, user string, password []byte) (totp bool, groups []string, err error) {
 	h, known := v.dummyHash, false
-	if ValidUserName(user) {
+	if names.ValidUserName(user) {
 		var stored string
 		var hasTOTP, disabled bool
 		err := v.db.QueryRowContext(ctx, `SELECT password_hash, totp_seed IS NOT NULL, disabled FROM users WHERE name = ?`, user).
@@ -275,7 +277,7 @@ func (v *Vault) VerifyPassword(ctx context.Context, user string, password []byte
 // later than the last step accepted for this user: the same code, or an
 // older one, is refused afterwards. Every refusal is ErrDenied.
 func (v *Vault) VerifyTOTP(ctx context.Context, user, code string) error {
-	if !ValidUserName(user) || !validTOTPCode(code) {
+	if !names.ValidUserName(user) || !validTOTPCode(code) {
 		return ErrDenied
 	}
 	var sealed []byte

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/vault"
 )
 
@@ -217,7 +218,7 @@ func newFlagSet(name string) *flag.FlagSet {
 // it too; checking here saves reading a password for nothing. Lookups and
 // removals do not call this: a legacy name must stay removable.
 func refuseFlagLike(cmd, field, name string) error {
-	if !vault.LooksLikeFlag(name) {
+	if !names.LooksLikeFlag(name) {
 		return nil
 	}
 	why := "must not start with '-'"

@@ -12,6 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/names"
 )
 
 // Bounds on what a client may send while authenticating.
@@ -123,10 +124,10 @@ func (c *conn) precheck(login string) (user, secret string, ok bool) {
 		s.cfg.Metrics.login(false)
 		return "", "", false
 	}
-	if len(login) > MaxLoginLen {
+	if len(login) > names.MaxLoginLen {
 		return refuse(refusedTooLong)
 	}
-	user, secret, err := ParseLogin(login)
+	user, secret, err := names.ParseLogin(login)
 	if err != nil {
 		return refuse(refusedMalformed)
 	}

@@ -20,6 +20,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/workitem"
 )
 
@@ -65,7 +66,7 @@ func (r *recorder) attach(c *Config) {
 	c.Log = slog.New(slog.NewTextHandler(r, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// TestLongLoginNeitherKeptNorLogged: login names over MaxLoginLen are
+// TestLongLoginNeitherKeptNorLogged: login names over names.MaxLoginLen are
 // refused before anything about them is stored or logged; the refusals are
 // tallied per source, and they count against the source.
 func TestLongLoginNeitherKeptNorLogged(t *testing.T) {
@@ -82,7 +83,7 @@ func TestLongLoginNeitherKeptNorLogged(t *testing.T) {
 		t.Fatal("the over-long name reached the log")
 	}
 	for _, e := range rec.events {
-		if len(e.User)+len(e.Secret) > MaxLoginLen {
+		if len(e.User)+len(e.Secret) > names.MaxLoginLen {
 			t.Fatalf("the over-long name reached the audit sink (%s)", e.Kind)
 		}
 	}

@@ -7,12 +7,9 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/radius"
 )
-
-// maxGroups bounds the groups one login carries; the vault refuses requests
-// with more.
-const maxGroups = 256
 
 // RADIUSAuth authenticates gateway users against RADIUS servers: the
 // password goes in the first Access-Request, and every Access-Challenge
@@ -41,12 +38,12 @@ func (a RADIUSAuth) Authenticate(ctx context.Context, login Login, ask Asker) (I
 	default:
 		return Identity{}, fmt.Errorf("%w: radius: %w", ErrDenied, err)
 	}
-	if len(id.Groups) > maxGroups {
+	if len(id.Groups) > names.MaxGroups {
 		if a.Log != nil {
 			a.Log.Warn("radius accept carried too many groups; keeping the first ones",
-				"user", login.User, "groups", len(id.Groups), "kept", maxGroups)
+				"user", login.User, "groups", len(id.Groups), "kept", names.MaxGroups)
 		}
-		id.Groups = id.Groups[:maxGroups]
+		id.Groups = id.Groups[:names.MaxGroups]
 	}
 	return Identity{User: login.User, Groups: id.Groups}, nil
 }
