@@ -375,7 +375,7 @@ func TestBrokerDropsBadItems(t *testing.T) {
 		{"forged", req, func(_ *workitem.Header, k *[]byte) { *k = otherKey }, "failed authentication"},
 		{"unknown site", req, func(h *workitem.Header, k *[]byte) { h.Site, *k = "elsewhere", otherKey }, "unknown site"},
 		{"wrong kind", req, func(h *workitem.Header, _ *[]byte) { h.Kind = workitem.KindCredentialReply }, "unexpected kind"},
-		{"reply queue outside site.", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "vault.requests"}, nil, "bad reply queue"},
+		{"reply queue outside site.", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "elsewhere.replies"}, nil, "bad reply queue"},
 		{"reply queue too long", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "site." + strings.Repeat("x", 130)}, nil, "bad reply queue"},
 	}
 	for _, tt := range tests {
