@@ -120,10 +120,9 @@ const (
 )
 
 // EncodeReply lays out the body of a KindCredentialReply: the reply as
-// JSON, then, when it carries a credential, a zero byte (which JSON text
-// never contains) and the credential's secret bytes. The secret never
-// passes through encoding/json, whose buffers are pooled and cannot be
-// wiped; the returned slice is the only copy made, and the caller wipes it.
+// JSON, then, when it carries a credential, the credential's secret bytes
+// (see encodeWithSecret). The returned slice is the only copy made, and the
+// caller wipes it.
 func EncodeReply(r *CredentialReply) ([]byte, error) {
 	var secret []byte
 	if c := r.Credential; c != nil {
@@ -136,11 +135,19 @@ func EncodeReply(r *CredentialReply) ([]byte, error) {
 			return nil, errors.New("workitem: a credential needs exactly one of password and private key")
 		}
 	}
-	js, err := json.Marshal(r)
+	return encodeWithSecret(r, secret, r.Credential != nil)
+}
+
+// encodeWithSecret lays out a body as v's JSON, then, if withSecret, a zero
+// byte (which JSON text never contains) and secret. The secret never
+// passes through encoding/json, whose buffers are pooled and cannot be
+// wiped.
+func encodeWithSecret(v any, secret []byte, withSecret bool) ([]byte, error) {
+	js, err := json.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("workitem: encode reply: %w", err)
+		return nil, fmt.Errorf("workitem: encode: %w", err)
 	}
-	if r.Credential == nil {
+	if !withSecret {
 		return js, nil
 	}
 	out := make([]byte, 0, len(js)+1+len(secret))
@@ -148,36 +155,54 @@ func EncodeReply(r *CredentialReply) ([]byte, error) {
 	return out, nil
 }
 
+// decodeWithSecret reverses encodeWithSecret into v, strictly (unknown
+// fields and trailing data refused). The secret is a fresh slice; nil
+// means there was none.
+func decodeWithSecret(body []byte, v any) (secret []byte, err error) {
+	js := body
+	if i := bytes.IndexByte(body, 0); i >= 0 {
+		js, secret = body[:i], bytes.Clone(body[i+1:])
+		if secret == nil {
+			secret = []byte{}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		clear(secret)
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		clear(secret)
+		return nil, fmt.Errorf("%w: trailing data", ErrMalformed)
+	}
+	return secret, nil
+}
+
 // DecodeReply reverses EncodeReply. The credential's secret is a fresh
 // slice (the caller wipes it); body is not kept, and the caller wipes it
 // too. Unknown JSON fields are refused.
 func DecodeReply(body []byte) (*CredentialReply, error) {
-	js, secret := body, []byte(nil)
-	if i := bytes.IndexByte(body, 0); i >= 0 {
-		js, secret = body[:i], body[i+1:]
-	}
 	var r CredentialReply
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%w: reply: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: reply: trailing data", ErrMalformed)
+	secret, err := decodeWithSecret(body, &r)
+	if err != nil {
+		return nil, fmt.Errorf("reply: %w", err)
 	}
 	c := r.Credential
 	switch {
 	case c == nil && secret != nil:
+		clear(secret)
 		return nil, fmt.Errorf("%w: reply: secret bytes without a credential", ErrMalformed)
 	case c == nil:
 		return &r, nil
 	case len(secret) == 0:
 		return nil, fmt.Errorf("%w: reply: a credential without its secret", ErrMalformed)
 	case c.SecretKind == SecretPassword:
-		c.Password = bytes.Clone(secret)
+		c.Password = secret
 	case c.SecretKind == SecretPrivateKey:
-		c.PrivateKey = bytes.Clone(secret)
+		c.PrivateKey = secret
 	default:
+		clear(secret)
 		return nil, fmt.Errorf("%w: reply: unknown secret kind", ErrMalformed)
 	}
 	return &r, nil

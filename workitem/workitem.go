@@ -21,19 +21,39 @@ import (
 	"unicode/utf8"
 )
 
-// Version is the sealed-item format version this package writes.
-const Version = 1
+// Version is the sealed-item format version this package writes and the
+// only one it opens. Version 2 added the engine and the key version to the
+// header.
+const Version = 2
 
 // MaxSealed bounds the size of a sealed item accepted by Open.
 const MaxSealed = 1 << 20
 
-// Kind says what an item asks for or answers.
+// Kind says what an item asks for or answers. It is part of the
+// authenticated header, so an item of one kind cannot be passed off as
+// another.
 type Kind uint8
 
-// Item kinds.
+// Item kinds, and the key each is sealed under.
 const (
-	KindCredentialRequest Kind = 1 // engine → vault: check out a credential
-	KindCredentialReply   Kind = 2 // vault → engine: the credential, or a refusal
+	// KindCredentialRequest: engine → vault (engine key): check out a
+	// credential, list secrets, pin a host key, re-check live grants.
+	KindCredentialRequest Kind = 1
+	// KindCredentialReply: vault → engine (engine key).
+	KindCredentialReply Kind = 2
+	// KindLoginRequest: engine → vault (engine key): check a local user's
+	// password or one-time code, so that engines never hold password
+	// hashes or TOTP seeds.
+	KindLoginRequest Kind = 3
+	// KindLoginReply: vault → engine (engine key).
+	KindLoginReply Kind = 4
+	// KindPing: vault → any engine of a site (site key): is someone there?
+	KindPing Kind = 5
+	// KindPong: engine → vault (engine key): the answer to a ping.
+	KindPong Kind = 6
+	// Kinds 7 and up are for the heartbeat and password-change work that
+	// follows; Open refuses them until they exist.
+	kindLimit Kind = 7
 )
 
 func (k Kind) String() string {
@@ -42,24 +62,46 @@ func (k Kind) String() string {
 		return "credential-request"
 	case KindCredentialReply:
 		return "credential-reply"
+	case KindLoginRequest:
+		return "login-request"
+	case KindLoginReply:
+		return "login-reply"
+	case KindPing:
+		return "ping"
+	case KindPong:
+		return "pong"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
+// SiteKeyed reports whether items of kind k are sealed under their site's
+// key (work for any engine of the site) rather than under one engine's
+// key (everything an engine sends, and everything sent to one engine).
+func (k Kind) SiteKeyed() bool { return k == KindPing }
+
 // Header is the authenticated, unencrypted part of a sealed item.
 type Header struct {
 	Version uint8
+	Kind    Kind
 	Site    string
 	ID      string
-	Kind    Kind
-	Expiry  time.Time
+	// Engine is the engine that sent the item, or the one it is for; ""
+	// for work that any engine of the site may take.
+	Engine string
+	// KeyVersion is the version of the key that sealed the item (site
+	// keys and engine keys are rotated; old versions open items for a
+	// while).
+	KeyVersion uint32
+	Expiry     time.Time
 }
 
 // Errors returned by Open. Callers branch on them to count and log rejects.
 var (
 	ErrMalformed = errors.New("workitem: malformed item")
+	ErrVersion   = errors.New("workitem: unknown format version")
 	ErrAuth      = errors.New("workitem: item failed authentication")
 	ErrExpired   = errors.New("workitem: item expired")
+	ErrKind      = errors.New("workitem: unknown kind")
 )
 
 const magic = "SPW"
@@ -74,38 +116,44 @@ func NewID() string {
 }
 
 // encodeHeader lays out: magic(3) version(1) kind(1) expiry(8, unix ms)
-// len(site)(1) site len(id)(1) id.
+// key version(4) len(site)(1) site len(id)(1) id len(engine)(1) engine.
 func encodeHeader(h Header) ([]byte, error) {
-	if len(h.Site) > 255 || len(h.ID) > 255 || h.Site == "" || h.ID == "" {
-		return nil, fmt.Errorf("workitem: site and id must be 1..255 bytes")
+	if len(h.Site) > 255 || len(h.ID) > 255 || len(h.Engine) > 255 || h.Site == "" || h.ID == "" {
+		return nil, fmt.Errorf("workitem: site and id must be 1..255 bytes, engine at most 255")
 	}
-	b := make([]byte, 0, 3+1+1+8+2+len(h.Site)+len(h.ID))
+	b := make([]byte, 0, 3+1+1+8+4+3+len(h.Site)+len(h.ID)+len(h.Engine))
 	b = append(b, magic...)
 	b = append(b, h.Version, byte(h.Kind))
 	b = binary.BigEndian.AppendUint64(b, uint64(h.Expiry.UnixMilli())) // #nosec G115 -- two's complement round-trips
-	b = append(b, byte(len(h.Site)))                                   // #nosec G115 -- checked ≤ 255 above
-	b = append(b, h.Site...)
-	b = append(b, byte(len(h.ID))) // #nosec G115 -- checked ≤ 255 above
-	b = append(b, h.ID...)
+	b = binary.BigEndian.AppendUint32(b, h.KeyVersion)
+	for _, f := range []string{h.Site, h.ID, h.Engine} {
+		b = append(b, byte(len(f))) // #nosec G115 -- checked ≤ 255 above
+		b = append(b, f...)
+	}
 	return b, nil
 }
 
 // decodeHeader parses a header and returns it with its encoded length.
 func decodeHeader(b []byte) (Header, int, error) {
 	var h Header
-	if len(b) < 3+1+1+8+1 || string(b[:3]) != magic {
+	const fixed = 3 + 1 + 1 + 8 + 4
+	if len(b) < fixed || string(b[:3]) != magic {
 		return h, 0, ErrMalformed
 	}
 	h.Version, h.Kind = b[3], Kind(b[4])
+	if h.Version != Version {
+		return h, 0, fmt.Errorf("%w: version %d", ErrVersion, h.Version)
+	}
 	h.Expiry = time.UnixMilli(int64(binary.BigEndian.Uint64(b[5:13]))) // #nosec G115 -- two's complement round-trips
-	n := 13
-	for _, dst := range []*string{&h.Site, &h.ID} {
+	h.KeyVersion = binary.BigEndian.Uint32(b[13:17])
+	n := fixed
+	for i, dst := range []*string{&h.Site, &h.ID, &h.Engine} {
 		if len(b) < n+1 {
 			return h, 0, ErrMalformed
 		}
 		l := int(b[n])
 		n++
-		if l == 0 || len(b) < n+l || !utf8.Valid(b[n:n+l]) {
+		if (l == 0 && i < 2) || len(b) < n+l || !utf8.Valid(b[n:n+l]) {
 			return h, 0, ErrMalformed
 		}
 		*dst = string(b[n : n+l])
@@ -158,9 +206,6 @@ func Open(key []byte, sealed []byte, now time.Time) (Header, []byte, error) {
 	if err != nil {
 		return Header{}, nil, err
 	}
-	if h.Version != Version {
-		return Header{}, nil, fmt.Errorf("%w: version %d", ErrMalformed, h.Version)
-	}
 	a, err := newAEAD(key)
 	if err != nil {
 		return Header{}, nil, err
@@ -176,6 +221,10 @@ func Open(key []byte, sealed []byte, now time.Time) (Header, []byte, error) {
 	if !now.Before(h.Expiry) {
 		clear(body) // it may hold a credential
 		return h, nil, ErrExpired
+	}
+	if h.Kind == 0 || h.Kind >= kindLimit {
+		clear(body)
+		return h, nil, ErrKind
 	}
 	return h, body, nil
 }

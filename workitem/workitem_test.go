@@ -23,7 +23,7 @@ func key(t testing.TB) []byte {
 func TestSealOpen(t *testing.T) {
 	k := key(t)
 	now := time.Unix(1_700_000_000, 0)
-	h := Header{Site: "dc1", ID: NewID(), Kind: KindCredentialRequest, Expiry: now.Add(time.Minute)}
+	h := Header{Site: "dc1", ID: NewID(), Kind: KindCredentialRequest, Engine: "0123456789abcdef", KeyVersion: 3, Expiry: now.Add(time.Minute)}
 	sealed, err := Seal(k, h, []byte(`{"op":"checkout"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +32,8 @@ func TestSealOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Site != "dc1" || got.ID != h.ID || got.Kind != h.Kind || !got.Expiry.Equal(h.Expiry) || got.Version != Version {
+	if got.Site != "dc1" || got.ID != h.ID || got.Kind != h.Kind || !got.Expiry.Equal(h.Expiry) || got.Version != Version ||
+		got.Engine != h.Engine || got.KeyVersion != 3 {
 		t.Fatalf("header %+v, want %+v", got, h)
 	}
 	if string(body) != `{"op":"checkout"}` {
@@ -51,13 +52,15 @@ func TestSealOpen(t *testing.T) {
 	}{
 		{"expired", nil, k, now.Add(time.Minute), ErrExpired},
 		{"other key", nil, key(t), now, ErrAuth},
-		{"site moved", func(b []byte) []byte { c := bytes.Clone(b); c[14] ^= 1; return c }, k, now, ErrAuth},
+		{"key version changed", func(b []byte) []byte { c := bytes.Clone(b); c[16] ^= 1; return c }, k, now, ErrAuth},
+		{"site moved", func(b []byte) []byte { c := bytes.Clone(b); c[18] ^= 1; return c }, k, now, ErrAuth},
 		{"expiry extended", func(b []byte) []byte { c := bytes.Clone(b); c[12]++; return c }, k, now, ErrAuth},
 		{"body flipped", func(b []byte) []byte { c := bytes.Clone(b); c[len(c)-20] ^= 1; return c }, k, now, ErrAuth},
 		{"truncated", func(b []byte) []byte { return b[:len(b)-17] }, k, now, ErrAuth},
 		{"header only", func(b []byte) []byte { return b[:10] }, k, now, ErrMalformed},
 		{"too big", func([]byte) []byte { return make([]byte, MaxSealed+1) }, k, now, ErrMalformed},
-		{"other version", func(b []byte) []byte { c := bytes.Clone(b); c[3] = 9; return c }, k, now, ErrMalformed},
+		{"other version", func(b []byte) []byte { c := bytes.Clone(b); c[3] = 9; return c }, k, now, ErrVersion},
+		{"version 1", func(b []byte) []byte { c := bytes.Clone(b); c[3] = 1; return c }, k, now, ErrVersion},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +72,20 @@ func TestSealOpen(t *testing.T) {
 				t.Fatalf("Open = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestOpenRefusesUnknownKinds(t *testing.T) {
+	k := key(t)
+	now := time.Now()
+	for _, kind := range []Kind{0, kindLimit, 200} {
+		sealed, err := Seal(k, Header{Site: "s", ID: "i", Kind: kind, Expiry: now.Add(time.Minute)}, []byte("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, body, err := Open(k, sealed, now); !errors.Is(err, ErrKind) || body != nil {
+			t.Fatalf("kind %d: %v", kind, err)
+		}
 	}
 }
 
@@ -197,4 +214,65 @@ func TestCredentialRedactsInLogs(t *testing.T) {
 	if !strings.Contains(out, "REDACTED") {
 		t.Fatalf("no redaction marker:\n%s", out)
 	}
+}
+
+func TestReplayCache(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	c := NewReplayCache(3, func() time.Time { return now })
+	exp := now.Add(time.Minute)
+	if !c.Take("a", exp) || c.Take("a", exp) {
+		t.Fatal("a replay was taken")
+	}
+	c.Take("b", exp)
+	c.Take("c", now.Add(time.Second))
+	if c.Take("d", exp) {
+		t.Fatal("a full cache took a new id (it must fail closed)")
+	}
+	now = now.Add(2 * time.Second) // c expired: room again
+	if !c.Take("d", exp) {
+		t.Fatal("an expired entry was not dropped")
+	}
+	now = now.Add(time.Hour)
+	if !c.Take("a", now.Add(time.Minute)) {
+		t.Fatal("an id was remembered past its item's expiry")
+	}
+}
+
+func TestLoginRequestEncoding(t *testing.T) {
+	r := &LoginRequest{Op: LoginPassword, User: "alice", Source: "192.0.2.1:5", ReplyTo: "q", Secret: []byte("pa\x00ss")}
+	body, err := EncodeLoginRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeLoginRequest(body)
+	if err != nil || got.User != "alice" || string(got.Secret) != "pa\x00ss" {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	for _, s := range []string{fmt.Sprint(got), fmt.Sprintf("%#v", got)} {
+		if strings.Contains(s, "pa") && strings.Contains(s, "ss") && strings.Contains(s, "pa\x00ss") {
+			t.Fatalf("printing leaks the secret: %q", s)
+		}
+	}
+	if _, err := EncodeLoginRequest(&LoginRequest{Op: LoginTOTP}); err == nil {
+		t.Fatal("a request without its secret was encoded")
+	}
+	if _, err := DecodeLoginRequest([]byte(`{"op":"totp","user":"a","source":"","reply_to":""}`)); err == nil {
+		t.Fatal("a request without its secret was decoded")
+	}
+	var p Ping
+	if err := DecodeJSON([]byte(`{"sent":1}`+"\x00x"), &p); err == nil {
+		t.Fatal("a ping with trailing bytes was decoded")
+	}
+}
+
+func FuzzDecodeLoginRequest(f *testing.F) {
+	b, _ := EncodeLoginRequest(&LoginRequest{Op: LoginTOTP, User: "u", Secret: []byte("123456")})
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := DecodeLoginRequest(body)
+		if err == nil && len(r.Secret) == 0 {
+			t.Fatal("decoded without a secret")
+		}
+		_, _ = DecodeLoginReply(body)
+	})
 }
