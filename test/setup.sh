@@ -20,6 +20,8 @@ have radclient || need_pkgs+=(freeradius-utils)
 
 # pkcs11-tool reads the token's public keys independently of sallyport.
 have pkcs11-tool || need_pkgs+=(opensc)
+# RabbitMQ: the connector/amqp tests start their own node from these binaries.
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_pkgs+=(rabbitmq-server)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
