@@ -49,3 +49,10 @@ func openRegular(path string) (*os.File, os.FileInfo, error) {
 	}
 	return f, st, nil
 }
+
+// maxPublicFile bounds a certificate bundle or similar public file.
+const maxPublicFile = 1 << 20
+
+// ReadPublicFile reads a file that holds nothing secret (a CA bundle), a
+// regular file of at most 1 MiB.
+func ReadPublicFile(path string) ([]byte, error) { return readRegular(path, maxPublicFile, false) }

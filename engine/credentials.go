@@ -1,7 +1,3 @@
-// Package engine is the runtime of a Sallyport engine: the process at a site
-// that runs the gateways and does the vault's work there. The engine reaches
-// the vault only through a connector, exactly as a remote site would, even
-// when both run inside `sallyport dev`.
 package engine
 
 import (
@@ -18,43 +14,86 @@ import (
 
 	"github.com/sallyport/sallyport/connector"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/workitem"
 )
 
-// DefaultRequestTimeout bounds one credential round trip to the vault.
+// DefaultRequestTimeout bounds one round trip to the vault.
 const DefaultRequestTimeout = 10 * time.Second
 
-// Credentials is the gateway's credential source at a site: it sends sealed
-// credential requests to the vault's queue and waits for the sealed replies
-// on a queue of its own.
-type Credentials struct {
-	conn         connector.Connector
-	site         string
-	key          []byte
-	requestQueue string
-	replyQueue   string
-	timeout      time.Duration
-	log          *slog.Logger
-	now          func() time.Time
-
-	mu      sync.Mutex
-	pending map[string]chan []byte
+// Key is an engine's own key (it seals what the engine sends and opens
+// what is sent to it alone) and its version.
+type Key struct {
+	Bytes   []byte
+	Version int
 }
 
-// NewCredentials returns a credential source for site, sealing with the
-// site's 32-byte key and asking the vault on requestQueue. Call Run to
-// receive replies.
-func NewCredentials(conn connector.Connector, site string, siteKey []byte, requestQueue string, log *slog.Logger) *Credentials {
+// Credentials is the gateway's link to the vault at a site: the credential
+// source, the local-user check and the live-grant re-check, all as sealed
+// requests on the site's request queue, answered on the engine's own reply
+// queue. Everything is sealed under the engine's key, so another engine of
+// the same site can neither read nor forge it.
+type Credentials struct {
+	conn    connector.Connector
+	site    string
+	engine  string
+	timeout time.Duration
+	log     *slog.Logger
+	now     func() time.Time
+	count   func(kind, outcome string)
+
+	keyMu sync.RWMutex
+	key   Key
+
+	mu      sync.Mutex
+	pending map[string]chan reply
+}
+
+// reply is an opened reply: its kind and body.
+type reply struct {
+	kind workitem.Kind
+	body []byte
+}
+
+// NewCredentials returns the link for engine of site, sealing under key (a
+// copy is kept). Call Run to receive replies.
+func NewCredentials(conn connector.Connector, site, engine string, key Key, log *slog.Logger) *Credentials {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Credentials{
-		conn: conn, site: site, key: bytes.Clone(siteKey), requestQueue: requestQueue,
-		replyQueue: "site." + site + ".replies." + workitem.NewID()[:12],
-		timeout:    DefaultRequestTimeout, log: log, now: time.Now,
-		pending: map[string]chan []byte{},
+	c := &Credentials{
+		conn: conn, site: site, engine: engine,
+		timeout: DefaultRequestTimeout, log: log, now: time.Now,
+		pending: map[string]chan reply{},
 	}
+	c.SetKey(key)
+	return c
 }
+
+// SetKey replaces the engine key (after the vault rotated it).
+func (c *Credentials) SetKey(k Key) {
+	c.keyMu.Lock()
+	defer c.keyMu.Unlock()
+	clear(c.key.Bytes)
+	c.key = Key{Bytes: bytes.Clone(k.Bytes), Version: k.Version}
+}
+
+func (c *Credentials) currentKey() Key {
+	c.keyMu.RLock()
+	defer c.keyMu.RUnlock()
+	return Key{Bytes: bytes.Clone(c.key.Bytes), Version: c.key.Version}
+}
+
+// Close wipes the key.
+func (c *Credentials) Close() {
+	c.keyMu.Lock()
+	defer c.keyMu.Unlock()
+	clear(c.key.Bytes)
+	c.key = Key{}
+}
+
+// replyQueue is the engine's own reply queue.
+func (c *Credentials) replyQueue() string { return names.ReplyQueue(c.site, c.engine) }
 
 // replyPrefetch is how many replies are handled at once; each is a
 // lookup and a channel send.
@@ -62,24 +101,34 @@ const replyPrefetch = 64
 
 // Run receives replies until ctx ends.
 func (c *Credentials) Run(ctx context.Context) error {
-	if err := c.conn.Declare(ctx, c.replyQueue, connector.Private); err != nil {
+	if err := c.conn.Declare(ctx, c.replyQueue(), connector.Private); err != nil {
 		return err
 	}
-	return c.conn.Consume(ctx, c.replyQueue, replyPrefetch, func(ctx context.Context, d connector.Delivery) {
+	return c.conn.Consume(ctx, c.replyQueue(), replyPrefetch, func(ctx context.Context, d connector.Delivery) {
 		c.receive(ctx, d.Body())
 		_ = d.Ack()
 	})
 }
 
+// drop counts and logs a reply that is not acted on.
+func (c *Credentials) drop(kind, reason string, attrs ...any) {
+	if c.count != nil {
+		c.count(kind, reason)
+	}
+	c.log.Warn("reply dropped", append([]any{"reason", reason}, attrs...)...)
+}
+
 func (c *Credentials) receive(_ context.Context, sealed []byte) {
-	h, body, err := workitem.Open(c.key, sealed, c.now())
+	k := c.currentKey()
+	defer clear(k.Bytes)
+	h, body, err := workitem.Open(k.Bytes, sealed, c.now())
 	if err != nil {
-		c.log.Warn("dropped a reply that failed to open", "err", err)
+		c.drop("unknown", "failed to open", "err", err)
 		return
 	}
-	if h.Kind != workitem.KindCredentialReply || h.Site != c.site {
+	if h.Site != c.site || h.Engine != c.engine || (h.Kind != workitem.KindCredentialReply && h.Kind != workitem.KindLoginReply) {
 		clear(body)
-		c.log.Warn("dropped an unexpected item", "kind", h.Kind.String(), "site", h.Site)
+		c.drop(h.Kind.String(), "unexpected", "site", h.Site, "engine", h.Engine)
 		return
 	}
 	c.mu.Lock()
@@ -88,28 +137,29 @@ func (c *Credentials) receive(_ context.Context, sealed []byte) {
 	c.mu.Unlock()
 	if !ok {
 		clear(body)
-		c.log.Warn("dropped a reply nobody waits for", "id", h.ID)
+		c.drop(h.Kind.String(), "nobody waits", "id", h.ID)
 		return
 	}
-	ch <- body // buffered: never blocks
+	ch <- reply{kind: h.Kind, body: body} // buffered: never blocks
 }
 
-// call sends req and waits for its reply.
-func (c *Credentials) call(ctx context.Context, req workitem.CredentialRequest) (workitem.CredentialReply, error) {
-	var reply workitem.CredentialReply
-	req.ReplyTo = c.replyQueue
-	body, err := json.Marshal(req) // #nosec G117 -- "secret" is the secret's name; the request holds no credential
-	if err != nil {
-		return reply, err
+// call seals body as kind, sends it, and waits for the reply of wantKind.
+// The caller wipes body; the reply body is the caller's to wipe.
+func (c *Credentials) call(ctx context.Context, kind, wantKind workitem.Kind, body []byte) ([]byte, error) {
+	k := c.currentKey()
+	defer clear(k.Bytes)
+	if len(k.Bytes) == 0 {
+		return nil, fmt.Errorf("%w: no engine key (not approved yet?)", gw.ErrUnavailable)
 	}
 	id := workitem.NewID()
-	sealed, err := workitem.Seal(c.key, workitem.Header{
-		Site: c.site, ID: id, Kind: workitem.KindCredentialRequest, Expiry: c.now().Add(c.timeout),
+	sealed, err := workitem.Seal(k.Bytes, workitem.Header{
+		Site: c.site, ID: id, Kind: kind, Engine: c.engine, KeyVersion: uint32(k.Version), // #nosec G115 -- versions are small counters
+		Expiry: c.now().Add(c.timeout),
 	}, body)
 	if err != nil {
-		return reply, err
+		return nil, err
 	}
-	ch := make(chan []byte, 1)
+	ch := make(chan reply, 1)
 	c.mu.Lock()
 	c.pending[id] = ch
 	c.mu.Unlock()
@@ -118,38 +168,56 @@ func (c *Credentials) call(ctx context.Context, req workitem.CredentialRequest) 
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if err := c.conn.Publish(ctx, c.requestQueue, sealed, c.timeout); err != nil {
-		return reply, fmt.Errorf("%w: publish credential request: %v", gw.ErrUnavailable, err)
+	if err := c.conn.Publish(ctx, names.RequestQueue(c.site), sealed, c.timeout); err != nil {
+		return nil, fmt.Errorf("%w: publish request: %v", gw.ErrUnavailable, err)
 	}
 	select {
-	case raw := <-ch:
-		r, err := workitem.DecodeReply(raw)
-		clear(raw)
-		if err != nil {
-			return reply, fmt.Errorf("%w: malformed credential reply", gw.ErrUnavailable)
+	case r := <-ch:
+		if r.kind != wantKind {
+			clear(r.body)
+			return nil, fmt.Errorf("%w: a %s answered a %s", gw.ErrUnavailable, r.kind, kind)
 		}
-		reply = *r
+		return r.body, nil
 	case <-ctx.Done():
-		return reply, fmt.Errorf("%w: no answer from the vault: %v", gw.ErrUnavailable, ctx.Err())
+		return nil, fmt.Errorf("%w: no answer from the vault: %v", gw.ErrUnavailable, ctx.Err())
 	}
-	switch reply.Refused {
+}
+
+// credentialCall sends a credential request and decodes its reply.
+func (c *Credentials) credentialCall(ctx context.Context, req workitem.CredentialRequest) (workitem.CredentialReply, error) {
+	var r workitem.CredentialReply
+	req.ReplyTo = c.replyQueue()
+	body, err := json.Marshal(req) // #nosec G117 -- "secret" is the secret's name; the request holds no credential
+	if err != nil {
+		return r, err
+	}
+	raw, err := c.call(ctx, workitem.KindCredentialRequest, workitem.KindCredentialReply, body)
+	if err != nil {
+		return r, err
+	}
+	decoded, err := workitem.DecodeReply(raw)
+	clear(raw)
+	if err != nil {
+		return r, fmt.Errorf("%w: malformed credential reply", gw.ErrUnavailable)
+	}
+	r = *decoded
+	switch r.Refused {
 	case "":
-		return reply, nil
+		return r, nil
 	case workitem.RefusedDenied, workitem.RefusedConflict:
-		reply.Credential.Wipe()
-		return reply, fmt.Errorf("%w: vault refused (%s)", gw.ErrDenied, reply.Refused)
+		r.Credential.Wipe()
+		return r, fmt.Errorf("%w: vault refused (%s)", gw.ErrDenied, r.Refused)
 	default:
-		reply.Credential.Wipe()
-		return reply, fmt.Errorf("%w: vault refused (%s)", gw.ErrUnavailable, reply.Refused)
+		r.Credential.Wipe()
+		return r, fmt.Errorf("%w: vault refused (%s)", gw.ErrUnavailable, r.Refused)
 	}
 }
 
 // Checkout implements gateway/ssh.CredentialSource.
 func (c *Credentials) Checkout(ctx context.Context, id gw.Identity, src netip.AddrPort, secret string) (*workitem.Credential, error) {
-	r, err := c.call(ctx, workitem.CredentialRequest{Op: workitem.OpCheckout, User: id.User, Groups: id.Groups, Source: src.String(), Secret: secret})
+	r, err := c.credentialCall(ctx, workitem.CredentialRequest{Op: workitem.OpCheckout, User: id.User, Groups: id.Groups, Source: src.String(), Secret: secret})
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +229,7 @@ func (c *Credentials) Checkout(ctx context.Context, id gw.Identity, src netip.Ad
 
 // List implements gateway/ssh.CredentialSource.
 func (c *Credentials) List(ctx context.Context, id gw.Identity, src netip.AddrPort) ([]string, error) {
-	r, err := c.call(ctx, workitem.CredentialRequest{Op: workitem.OpList, User: id.User, Groups: id.Groups, Source: src.String()})
+	r, err := c.credentialCall(ctx, workitem.CredentialRequest{Op: workitem.OpList, User: id.User, Groups: id.Groups, Source: src.String()})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +238,7 @@ func (c *Credentials) List(ctx context.Context, id gw.Identity, src netip.AddrPo
 
 // PinHostKey implements gateway/ssh.CredentialSource.
 func (c *Credentials) PinHostKey(ctx context.Context, id gw.Identity, src netip.AddrPort, secret string, key []byte) error {
-	_, err := c.call(ctx, workitem.CredentialRequest{Op: workitem.OpPin, User: id.User, Groups: id.Groups, Source: src.String(), Secret: secret, HostKey: key})
+	_, err := c.credentialCall(ctx, workitem.CredentialRequest{Op: workitem.OpPin, User: id.User, Groups: id.Groups, Source: src.String(), Secret: secret, HostKey: key})
 	if errors.Is(err, gw.ErrDenied) {
 		return fmt.Errorf("host key not pinned: %w", err)
 	}
@@ -187,7 +255,7 @@ func (c *Credentials) StillAllowed(ctx context.Context, grants []gw.Grant) ([]bo
 			req.Grants[i] = workitem.Grant{User: g.Identity.User, Groups: g.Identity.Groups, Local: g.Identity.Local,
 				Source: g.Source.String(), Secret: g.Secret}
 		}
-		r, err := c.call(ctx, req)
+		r, err := c.credentialCall(ctx, req)
 		if err != nil {
 			return nil, err
 		}
@@ -199,7 +267,52 @@ func (c *Credentials) StillAllowed(ctx context.Context, grants []gw.Grant) ([]bo
 	return out, nil
 }
 
+// loginCall sends a local-user check and decodes its reply.
+func (c *Credentials) loginCall(ctx context.Context, op, user string, secret []byte) (*workitem.LoginReply, error) {
+	req := &workitem.LoginRequest{Op: op, User: user, ReplyTo: c.replyQueue(), Secret: secret}
+	body, err := workitem.EncodeLoginRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := c.call(ctx, workitem.KindLoginRequest, workitem.KindLoginReply, body)
+	clear(body)
+	if err != nil {
+		return nil, err
+	}
+	r, err := workitem.DecodeLoginReply(raw)
+	clear(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: malformed login reply", gw.ErrUnavailable)
+	}
+	switch r.Refused {
+	case "":
+		return r, nil
+	case workitem.RefusedDenied:
+		return nil, gw.ErrDenied
+	default:
+		return nil, fmt.Errorf("%w: vault refused (%s)", gw.ErrUnavailable, r.Refused)
+	}
+}
+
+// VerifyPassword implements gateway/ssh.LocalUsers through the vault.
+func (c *Credentials) VerifyPassword(ctx context.Context, user string, password []byte) (bool, []string, error) {
+	r, err := c.loginCall(ctx, workitem.LoginPassword, user, password)
+	if err != nil {
+		return false, nil, err
+	}
+	return r.TOTP, r.Groups, nil
+}
+
+// VerifyTOTP implements gateway/ssh.LocalUsers through the vault.
+func (c *Credentials) VerifyTOTP(ctx context.Context, user, code string) error {
+	b := []byte(code)
+	defer clear(b)
+	_, err := c.loginCall(ctx, workitem.LoginTOTP, user, b)
+	return err
+}
+
 var (
 	_ gw.CredentialSource = (*Credentials)(nil)
 	_ gw.GrantChecker     = (*Credentials)(nil)
+	_ gw.LocalUsers       = (*Credentials)(nil)
 )

@@ -12,39 +12,65 @@ import (
 
 	"github.com/sallyport/sallyport/connector"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/workitem"
 )
 
-// responder plays the vault's side of the queue with the given answer.
-func responder(ctx context.Context, t *testing.T, conn connector.Connector, key []byte, answer func(workitem.CredentialRequest) workitem.CredentialReply) {
-	_ = conn.Consume(ctx, "vault.requests", 8, func(ctx context.Context, d connector.Delivery) {
+const (
+	testSite   = "dc1"
+	testEngine = "0123456789abcdef"
+)
+
+var testKey = Key{Bytes: bytes.Repeat([]byte{1}, 32), Version: 3}
+
+// responder plays the vault: it opens requests under the engine key and
+// answers each through answer, on the engine's reply queue.
+func responder(ctx context.Context, t *testing.T, conn connector.Connector, key Key, answer func(h workitem.Header, body []byte) (workitem.Kind, []byte)) {
+	_ = conn.Consume(ctx, names.RequestQueue(testSite), 8, func(ctx context.Context, d connector.Delivery) {
 		defer d.Ack()
-		sealed := d.Body()
-		h, body, err := workitem.Open(key, sealed, time.Now())
+		h, body, err := workitem.Open(key.Bytes, d.Body(), time.Now())
 		if err != nil {
 			t.Errorf("vault could not open request: %v", err)
 			return
 		}
-		var req workitem.CredentialRequest
-		if err := json.Unmarshal(body, &req); err != nil {
-			t.Errorf("bad request body: %v", err)
-			return
+		if h.Engine != testEngine || h.Site != testSite || int(h.KeyVersion) != key.Version {
+			t.Errorf("request header %+v", h)
 		}
-		r := answer(req)
-		out, _ := workitem.EncodeReply(&r)
-		reply, _ := workitem.Seal(key, workitem.Header{Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply, Expiry: time.Now().Add(time.Minute)}, out)
-		_ = conn.Publish(ctx, req.ReplyTo, reply, time.Minute)
+		kind, out := answer(h, body)
+		reply, _ := workitem.Seal(key.Bytes, workitem.Header{Site: h.Site, ID: h.ID, Kind: kind, Engine: h.Engine,
+			KeyVersion: h.KeyVersion, Expiry: time.Now().Add(time.Minute)}, out)
+		_ = conn.Publish(ctx, names.ReplyQueue(testSite, testEngine), reply, time.Minute)
 	})
 }
 
-func TestCredentials(t *testing.T) {
+// credentialAnswers adapts a CredentialRequest handler for responder.
+func credentialAnswers(t *testing.T, f func(workitem.CredentialRequest) workitem.CredentialReply) func(workitem.Header, []byte) (workitem.Kind, []byte) {
+	return func(h workitem.Header, body []byte) (workitem.Kind, []byte) {
+		var req workitem.CredentialRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Errorf("bad request body: %v", err)
+		}
+		if req.ReplyTo != names.ReplyQueue(testSite, testEngine) {
+			t.Errorf("reply_to %q", req.ReplyTo)
+		}
+		r := f(req)
+		out, _ := workitem.EncodeReply(&r)
+		return workitem.KindCredentialReply, out
+	}
+}
+
+func start(t *testing.T) (context.Context, *connector.Memory, *Credentials) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mem := connector.NewMemory(16)
-	key := bytes.Repeat([]byte{1}, 32)
-	c := NewCredentials(mem, "dev", key, "vault.requests", nil)
+	t.Cleanup(cancel)
+	mem := connector.NewMemory(64)
+	c := NewCredentials(mem, testSite, testEngine, testKey, nil)
 	go func() { _ = c.Run(ctx) }()
-	go responder(ctx, t, mem, key, func(r workitem.CredentialRequest) workitem.CredentialReply {
+	return ctx, mem, c
+}
+
+func TestCredentials(t *testing.T) {
+	ctx, mem, c := start(t)
+	go responder(ctx, t, mem, testKey, credentialAnswers(t, func(r workitem.CredentialRequest) workitem.CredentialReply {
 		switch {
 		case r.Op == workitem.OpList:
 			return workitem.CredentialReply{Secrets: []string{"db01", "web01"}}
@@ -56,7 +82,7 @@ func TestCredentials(t *testing.T) {
 			return workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 		}
 		return workitem.CredentialReply{Refused: workitem.RefusedDenied}
-	})
+	}))
 	id := gw.Identity{User: "alice"}
 	src := netip.MustParseAddrPort("192.0.2.1:5555")
 
@@ -78,47 +104,81 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
-func TestCredentialsTimeoutAndForgery(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mem := connector.NewMemory(16)
-	key := bytes.Repeat([]byte{1}, 32)
-	c := NewCredentials(mem, "dev", key, "vault.requests", nil)
-	c.timeout = 200 * time.Millisecond
-	go func() { _ = c.Run(ctx) }()
-	// The genuine vault answers "forged" for everything; a reply sealed
-	// under another key is put on the queue first and must be dropped.
-	go responder(ctx, t, mem, key, func(workitem.CredentialRequest) workitem.CredentialReply {
-		return workitem.CredentialReply{Credential: &workitem.Credential{Password: []byte("forged")}}
+func TestLocalUserChecks(t *testing.T) {
+	ctx, mem, c := start(t)
+	go responder(ctx, t, mem, testKey, func(h workitem.Header, body []byte) (workitem.Kind, []byte) {
+		if h.Kind != workitem.KindLoginRequest {
+			t.Errorf("kind %s", h.Kind)
+		}
+		req, err := workitem.DecodeLoginRequest(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer req.Wipe()
+		r := workitem.LoginReply{Refused: workitem.RefusedDenied}
+		switch {
+		case req.Op == workitem.LoginPassword && req.User == "alice" && string(req.Secret) == "alice-pw":
+			r = workitem.LoginReply{TOTP: true, Groups: []string{"ops"}}
+		case req.Op == workitem.LoginTOTP && string(req.Secret) == "123456":
+			r = workitem.LoginReply{}
+		case req.User == "outage":
+			r = workitem.LoginReply{Refused: workitem.RefusedUnavailable}
+		}
+		out, _ := workitem.EncodeLoginReply(&r)
+		return workitem.KindLoginReply, out
 	})
-	c2 := NewCredentials(mem, "dev", key, "nobody-listens", nil)
-	c2.timeout = 200 * time.Millisecond
-	go func() { _ = c2.Run(ctx) }()
-	if _, err := c2.Checkout(ctx, gw.Identity{User: "a"}, netip.AddrPort{}, "s"); !errors.Is(err, gw.ErrUnavailable) {
+	totp, groups, err := c.VerifyPassword(ctx, "alice", []byte("alice-pw"))
+	if err != nil || !totp || len(groups) != 1 {
+		t.Fatalf("VerifyPassword = %v %v %v", totp, groups, err)
+	}
+	if _, _, err := c.VerifyPassword(ctx, "alice", []byte("wrong")); !errors.Is(err, gw.ErrDenied) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, _, err := c.VerifyPassword(ctx, "outage", []byte("x")); !errors.Is(err, gw.ErrUnavailable) {
+		t.Fatalf("vault unavailable: %v", err)
+	}
+	if err := c.VerifyTOTP(ctx, "alice", "123456"); err != nil {
+		t.Fatalf("VerifyTOTP: %v", err)
+	}
+}
+
+func TestCredentialsTimeoutAndForgery(t *testing.T) {
+	ctx, mem, c := start(t)
+	c.timeout = 300 * time.Millisecond
+	if _, err := c.Checkout(ctx, gw.Identity{User: "a"}, netip.AddrPort{}, "s"); !errors.Is(err, gw.ErrUnavailable) {
 		t.Fatalf("no vault: %v", err)
 	}
-	// Publish a reply sealed under another key straight onto c's reply queue.
-	bad, _ := workitem.Seal(bytes.Repeat([]byte{2}, 32), workitem.Header{Site: "dev", ID: "x", Kind: workitem.KindCredentialReply, Expiry: time.Now().Add(time.Minute)}, []byte("{}"))
-	if err := mem.Publish(ctx, c.replyQueue, bad, time.Minute); err != nil {
-		t.Fatal(err)
+	// Replies sealed under another key, or for another engine, are dropped.
+	other := bytes.Repeat([]byte{2}, 32)
+	for _, tc := range []struct {
+		key    []byte
+		engine string
+	}{{other, testEngine}, {testKey.Bytes, "fedcba9876543210"}} {
+		bad, _ := workitem.Seal(tc.key, workitem.Header{Site: testSite, ID: "x", Kind: workitem.KindCredentialReply, Engine: tc.engine,
+			KeyVersion: 3, Expiry: time.Now().Add(time.Minute)}, []byte("{}"))
+		if err := mem.Publish(ctx, c.replyQueue(), bad, time.Minute); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if cred, err := c.Checkout(ctx, gw.Identity{User: "a"}, netip.AddrPort{}, "s"); err != nil || string(cred.Password) != "forged" {
-		// The responder above uses the right key, so this reply is genuine;
-		// the forged one must simply have been dropped without harm.
+	c.timeout = 10 * time.Second
+	go responder(ctx, t, mem, testKey, credentialAnswers(t, func(workitem.CredentialRequest) workitem.CredentialReply {
+		return workitem.CredentialReply{Credential: &workitem.Credential{Password: []byte("genuine")}}
+	}))
+	if cred, err := c.Checkout(ctx, gw.Identity{User: "a"}, netip.AddrPort{}, "s"); err != nil || string(cred.Password) != "genuine" {
 		t.Fatalf("Checkout = %v, %v", cred, err)
+	}
+	// No key (not approved): unavailable at once.
+	c.SetKey(Key{})
+	if _, err := c.List(ctx, gw.Identity{User: "a"}, netip.AddrPort{}); !errors.Is(err, gw.ErrUnavailable) {
+		t.Fatalf("without a key: %v", err)
 	}
 }
 
 func TestStillAllowedChunks(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mem := connector.NewMemory(16)
-	key := bytes.Repeat([]byte{2}, 32)
-	c := NewCredentials(mem, "dev", key, "vault.requests", nil)
-	go func() { _ = c.Run(ctx) }()
+	ctx, mem, c := start(t)
 	var sizes []int
 	var mu sync.Mutex
-	go responder(ctx, t, mem, key, func(r workitem.CredentialRequest) workitem.CredentialReply {
+	go responder(ctx, t, mem, testKey, credentialAnswers(t, func(r workitem.CredentialRequest) workitem.CredentialReply {
 		mu.Lock()
 		sizes = append(sizes, len(r.Grants))
 		mu.Unlock()
@@ -127,7 +187,7 @@ func TestStillAllowedChunks(t *testing.T) {
 			out[i] = g.Secret != "gone" && g.Local && g.Source == "192.0.2.1:22"
 		}
 		return workitem.CredentialReply{Allowed: out}
-	})
+	}))
 	grants := make([]gw.Grant, 2*workitem.MaxGrants+3)
 	for i := range grants {
 		grants[i] = gw.Grant{Identity: gw.Identity{User: "u", Local: true}, Source: netip.MustParseAddrPort("192.0.2.1:22"), Secret: "s"}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/workitem"
 )
 
 // maxBody bounds every API request body.
@@ -56,6 +57,7 @@ type secretRequest struct {
 	HostKey       string   `json:"host_key,omitempty"`
 	PinOnFirstUse bool     `json:"pin_on_first_use"`
 	Allow         []string `json:"allow"`
+	Site          string   `json:"site,omitempty"`
 }
 
 // secretsList is the answer to GET /v1/secrets.
@@ -72,6 +74,9 @@ type api struct {
 	v     *Vault
 	token [32]byte
 	log   *slog.Logger
+	opts  apiOptions
+
+	nonces *workitem.ReplayCache // callback request nonces
 }
 
 // NewAPI returns the admin HTTP API. Every path, /metrics included, needs
@@ -100,12 +105,16 @@ type api struct {
 // {"error": "..."} with 400 (the message names the field or key, never a
 // value), 401, 404, 409, 413, 415 or 500.
 // The caller serves it over TLS with read and write timeouts.
-func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logger) http.Handler {
+func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logger, opts ...APIOption) http.Handler {
 	if log == nil {
 		log = v.log
 	}
 	a := &api{v: v, token: tokenSHA256, log: log}
+	for _, o := range opts {
+		o(&a.opts)
+	}
 	mux := http.NewServeMux()
+	a.siteRoutes(mux)
 	mux.HandleFunc("POST /v1/users", a.addUser)
 	mux.HandleFunc("GET /v1/users", a.listUsers)
 	mux.HandleFunc("DELETE /v1/users/{name}", a.removeUser)
@@ -120,7 +129,11 @@ func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logg
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
-	return a.authenticate(mux)
+	// Engines authenticate by their signatures, not the admin token.
+	top := http.NewServeMux()
+	top.Handle("/v1/engine/", a.callbackRoutes())
+	top.Handle("/", a.authenticate(mux))
+	return top
 }
 
 // authenticate rejects any request without the admin bearer token.
@@ -184,6 +197,8 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: "not found"})
 	case errors.Is(err, ErrExists):
 		writeJSON(w, http.StatusConflict, apiError{Error: "already exists"})
+	case errors.Is(err, ErrRevoked):
+		writeJSON(w, http.StatusConflict, apiError{Error: "revoked"})
 	default:
 		a.log.Error("admin API request failed", slog.String("method", r.Method),
 			slog.String("path", logSafe(r.URL.Path)), slog.Any("error", err))

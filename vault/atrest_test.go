@@ -24,10 +24,14 @@ func TestNothingUnwrappedAtRest(t *testing.T) {
 	if _, err := tv.AddUser(ctx, UserSpec{Name: "seeduser", Password: []byte("Seed-User-Pass-1"), TOTP: true}); err != nil {
 		t.Fatal(err)
 	}
-	siteKey, err := tv.SiteKey(ctx, "paris")
+	if err := tv.AddSite(ctx, SiteSpec{Name: "paris", Connector: ConnectorSpec{Kind: ConnectorAMQP, URL: "amqps://sp@rabbit:5671/", Secret: []byte("Broker-Pass-At-Rest-9")}}); err != nil {
+		t.Fatal(err)
+	}
+	siteKey, _, err := tv.SiteKey(ctx, "paris")
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, engineKey, _ := approvedEngine(t, tv, "paris")
 	r, err := tv.loadSecret(ctx, tv.db, "atrest")
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +49,8 @@ func TestNothingUnwrappedAtRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	needles := map[string][]byte{"password": []byte(password), "data key": dek, "site key": siteKey, "TOTP seed": seed}
+	needles := map[string][]byte{"password": []byte(password), "data key": dek, "site key": siteKey, "TOTP seed": seed,
+		"engine key": engineKey, "broker password": []byte("Broker-Pass-At-Rest-9")}
 	// Close first, so that whatever SQLite keeps in memory is in the files.
 	tv.Close()
 	entries, err := os.ReadDir(filepath.Dir(tv.path))

@@ -29,32 +29,55 @@ const (
 	requestTimeout = 15 * time.Second
 	// replyTTL is how long a sealed reply stays valid.
 	replyTTL = 30 * time.Second
-	// maxReplyTo bounds a request's reply queue name.
-	maxReplyTo = 128
 )
 
-// ServeCredentials answers sealed credential requests consumed from queue
-// until ctx ends (it then returns nil) or the connector fails (it returns
-// that error). Requests are handled concurrently, at most 16 at a time;
-// every handler has returned before ServeCredentials does.
+// Reasons an item is rejected, the labels of the rejection metric.
+const (
+	rejectMalformed     = "malformed"
+	rejectVersion       = "unknown_version"
+	rejectTooLarge      = "too_large"
+	rejectWrongSite     = "wrong_site"
+	rejectUnknownEngine = "unknown_engine"
+	rejectNotApproved   = "not_approved"
+	rejectRevoked       = "revoked"
+	rejectStaleKey      = "stale_key"
+	rejectAuth          = "failed_authentication"
+	rejectExpired       = "expired"
+	rejectReplay        = "replayed"
+	rejectKind          = "unexpected_kind"
+	rejectBody          = "bad_body"
+	rejectReplyTo       = "bad_reply_queue"
+)
+
+// ItemCounter counts items by site, kind and outcome ("ok" or a reject
+// reason); nil counts nothing. The daemon backs it with Prometheus.
+type ItemCounter func(site, kind, outcome string)
+
+// ServeSite answers the requests a site's engines send to its request
+// queue (names.RequestQueue) until ctx ends (it then returns nil) or the
+// connector fails (it returns that error). Requests are handled
+// concurrently, at most 16 at a time; every handler has returned before
+// ServeSite does.
 //
-// Items that do not open under their site's key — malformed, forged,
-// expired, for an unknown site, of another kind — are dropped and logged at
-// warn level without their content. A request whose reply queue is unusable
-// is dropped too: there is nowhere to send the refusal.
-func (v *Vault) ServeCredentials(ctx context.Context, conn connector.Connector, queue string) error {
+// Every request must be sealed under the key of an approved engine of that
+// site, name that engine and that site in its header, carry the engine
+// key's current version, be unexpired and never seen before (replay
+// cache); its reply goes to that engine's own reply queue, sealed under
+// its key. Anything else is dropped, counted by reason and logged without
+// its content: there is nowhere safe to send a refusal.
+func (v *Vault) ServeSite(ctx context.Context, conn connector.Connector, site string, count ItemCounter) error {
+	queue := names.RequestQueue(site)
+	if err := conn.Declare(ctx, queue, connector.Shared); err != nil {
+		return fmt.Errorf("vault: serve site %s: %w", site, err)
+	}
 	err := conn.Consume(ctx, queue, maxInFlight, func(ctx context.Context, d connector.Delivery) {
 		// Every request is answered or dropped here and never retried:
-		// a retry would come after the engine stopped waiting.
+		// a retry would come after the engine stopped waiting. A
+		// redelivered one is caught by the replay cache if it was taken.
 		defer func() { _ = d.Ack() }()
-		body := d.Body()
-		if len(body) > workitem.MaxSealed {
-			v.log.Warn("credential request dropped", slog.String("reason", "too large"), slog.Int("bytes", len(body)))
-			return
-		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
-		v.handleRequest(rctx, conn, body)
+		v.handleRequest(rctx, conn, site, d.Body(), count)
 	})
 	if ctx.Err() != nil {
 		return nil
@@ -62,7 +85,7 @@ func (v *Vault) ServeCredentials(ctx context.Context, conn connector.Connector, 
 	if err == nil {
 		err = errors.New("consumer stopped")
 	}
-	return fmt.Errorf("vault: serve credentials on %q: %w", queue, err)
+	return fmt.Errorf("vault: serve site %s: %w", site, err)
 }
 
 // logSafe bounds an untrusted string for a log line or audit event; every
@@ -76,85 +99,142 @@ func logSafe(s string) string {
 	return s
 }
 
-func (v *Vault) drop(reason string, attrs ...slog.Attr) {
-	v.log.LogAttrs(context.Background(), slog.LevelWarn, "credential request dropped",
-		append([]slog.Attr{slog.String("reason", reason)}, attrs...)...)
+// request is one opened request on its way to an answer.
+type request struct {
+	h     workitem.Header
+	key   []byte // the engine's key: replies are sealed under it
+	count ItemCounter
+	where []slog.Attr
 }
 
-// handleRequest opens, answers and replies to one sealed request.
-func (v *Vault) handleRequest(ctx context.Context, conn connector.Connector, msg []byte) {
-	peek, err := workitem.Peek(msg)
-	if err != nil {
-		v.drop("malformed")
+// reject drops an item, counting and logging why.
+func (v *Vault) reject(site, kind, reason string, count ItemCounter, attrs ...slog.Attr) {
+	if count != nil {
+		count(site, kind, reason)
+	}
+	v.log.LogAttrs(context.Background(), slog.LevelWarn, "item dropped",
+		append([]slog.Attr{slog.String("reason", reason), slog.String("queue_site", site)}, attrs...)...)
+}
+
+// handleRequest opens, answers and replies to one sealed request taken
+// from site's request queue.
+func (v *Vault) handleRequest(ctx context.Context, conn connector.Connector, site string, msg []byte, count ItemCounter) {
+	if len(msg) > workitem.MaxSealed {
+		v.reject(site, "unknown", rejectTooLarge, count, slog.Int("bytes", len(msg)))
 		return
 	}
-	where := []slog.Attr{slog.String("site", logSafe(peek.Site)), slog.String("item", logSafe(peek.ID))}
-	key, err := v.lookupSiteKey(ctx, peek.Site)
+	peek, err := workitem.Peek(msg)
+	if err != nil {
+		reason := rejectMalformed
+		if errors.Is(err, workitem.ErrVersion) {
+			reason = rejectVersion
+		}
+		v.reject(site, "unknown", reason, count)
+		return
+	}
+	kind := peek.Kind.String()
+	where := []slog.Attr{slog.String("site", logSafe(peek.Site)), slog.String("engine", logSafe(peek.Engine)), slog.String("item", logSafe(peek.ID))}
+	if peek.Site != site {
+		v.reject(site, kind, rejectWrongSite, count, where...)
+		return
+	}
+	key, version, engineSite, err := v.engineKeyOf(ctx, peek.Engine)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		v.drop("unknown site", where...)
+		v.reject(site, kind, rejectUnknownEngine, count, where...)
+		return
+	case errors.Is(err, ErrPending):
+		v.reject(site, kind, rejectNotApproved, count, where...)
+		return
+	case errors.Is(err, ErrRevoked):
+		v.reject(site, kind, rejectRevoked, count, where...)
 		return
 	case err != nil:
-		v.log.LogAttrs(ctx, slog.LevelError, "credential request: site key unavailable", append(where, slog.Any("error", err))...)
+		v.log.LogAttrs(ctx, slog.LevelError, "request: engine key unavailable", append(where, slog.Any("error", err))...)
 		return
 	}
 	defer clear(key)
+	if engineSite != site {
+		v.reject(site, kind, rejectWrongSite, count, where...)
+		return
+	}
+	if int(peek.KeyVersion) != version { // #nosec G115 -- versions are small counters
+		v.reject(site, kind, rejectStaleKey, count, where...)
+		return
+	}
 	h, body, err := workitem.Open(key, msg, v.now())
 	switch {
 	case errors.Is(err, workitem.ErrExpired):
-		v.drop("expired", where...)
+		v.reject(site, kind, rejectExpired, count, where...)
 		return
 	case errors.Is(err, workitem.ErrAuth):
-		v.drop("failed authentication", where...)
+		v.reject(site, kind, rejectAuth, count, where...)
+		return
+	case errors.Is(err, workitem.ErrKind):
+		v.reject(site, kind, rejectKind, count, where...)
 		return
 	case err != nil:
-		v.drop("malformed", where...)
+		v.reject(site, kind, rejectMalformed, count, where...)
 		return
 	}
-	if h.Kind != workitem.KindCredentialRequest {
-		v.drop("unexpected kind", append(where, slog.String("kind", h.Kind.String()))...)
+	defer clear(body)
+	if !v.replays.Take(h.Site+"/"+h.Engine+"/"+h.ID, h.Expiry) {
+		v.reject(site, kind, rejectReplay, count, where...)
 		return
 	}
-	var req workitem.CredentialRequest
-	if err := decodeStrict(bytes.NewReader(body), &req); err != nil {
-		v.drop("bad request body", where...)
-		return
-	}
-	if !validReplyTo(req.ReplyTo) {
-		v.drop("bad reply queue", where...)
-		return
-	}
-	reply := v.answer(ctx, h, &req)
-	defer reply.Credential.Wipe()
-	out, err := workitem.EncodeReply(reply)
-	if err != nil {
-		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: encode", append(where, slog.Any("error", err))...)
-		return
-	}
-	sealed, err := workitem.Seal(key, workitem.Header{
-		Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply, Expiry: v.now().Add(replyTTL),
-	}, out)
-	clear(out)
-	if err != nil {
-		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: seal", append(where, slog.Any("error", err))...)
-		return
-	}
-	if err := conn.Publish(ctx, req.ReplyTo, sealed, replyTTL); err != nil {
-		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: publish", append(where, slog.Any("error", err))...)
+	req := &request{h: h, key: key, count: count, where: where}
+	switch h.Kind {
+	case workitem.KindCredentialRequest:
+		v.credentialRequest(ctx, conn, req, body)
+	case workitem.KindLoginRequest:
+		v.loginRequest(ctx, conn, req, body)
+	default:
+		v.reject(site, kind, rejectKind, count, where...)
 	}
 }
 
-// validReplyTo accepts "site.…" queue names of printable ASCII, ≤128 bytes.
-func validReplyTo(q string) bool {
-	if len(q) > maxReplyTo || !strings.HasPrefix(q, "site.") || len(q) == len("site.") {
-		return false
+// replyQueue is where a reply to h goes: its engine's own queue on its site.
+func replyQueue(h workitem.Header) string { return names.ReplyQueue(h.Site, h.Engine) }
+
+// credentialRequest answers a KindCredentialRequest.
+func (v *Vault) credentialRequest(ctx context.Context, conn connector.Connector, r *request, body []byte) {
+	var req workitem.CredentialRequest
+	if err := decodeStrict(bytes.NewReader(body), &req); err != nil {
+		v.reject(r.h.Site, r.h.Kind.String(), rejectBody, r.count, r.where...)
+		return
 	}
-	for i := 0; i < len(q); i++ {
-		if q[i] <= ' ' || q[i] > '~' {
-			return false
-		}
+	if req.ReplyTo != replyQueue(r.h) {
+		v.reject(r.h.Site, r.h.Kind.String(), rejectReplyTo, r.count, r.where...)
+		return
 	}
-	return true
+	reply := v.answer(ctx, r.h, &req)
+	defer reply.Credential.Wipe()
+	out, err := workitem.EncodeReply(reply)
+	if err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "credential reply: encode", append(r.where, slog.Any("error", err))...)
+		return
+	}
+	v.reply(ctx, conn, r, workitem.KindCredentialReply, out)
+}
+
+// reply seals out (wiping it) under the asking engine's key and publishes
+// it to the engine's reply queue.
+func (v *Vault) reply(ctx context.Context, conn connector.Connector, r *request, kind workitem.Kind, out []byte) {
+	defer clear(out)
+	sealed, err := workitem.Seal(r.key, workitem.Header{
+		Site: r.h.Site, ID: r.h.ID, Kind: kind, Engine: r.h.Engine, KeyVersion: r.h.KeyVersion, Expiry: v.now().Add(replyTTL),
+	}, out)
+	if err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "reply: seal", append(r.where, slog.Any("error", err))...)
+		return
+	}
+	if err := conn.Publish(ctx, replyQueue(r.h), sealed, replyTTL); err != nil {
+		v.log.LogAttrs(ctx, slog.LevelError, "reply: publish", append(r.where, slog.Any("error", err))...)
+		return
+	}
+	if r.count != nil {
+		r.count(r.h.Site, r.h.Kind.String(), "ok")
+	}
 }
 
 // answer evaluates one authenticated request. It never fails: internal
@@ -166,7 +246,7 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 	}
 	denied := &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 	if req.Op == workitem.OpRecheck {
-		return v.recheck(ctx, ev, req)
+		return v.recheck(ctx, h.Site, ev, req)
 	}
 	if !names.ValidUserName(req.User) || len(req.Groups) > names.MaxGroups {
 		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
@@ -182,9 +262,9 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 	switch req.Op {
 	case workitem.OpCheckout:
 		ev.Kind = auditKind(req.Op)
-		return v.checkout(ctx, ev, req)
+		return v.checkout(ctx, h.Site, ev, req)
 	case workitem.OpList:
-		names, err := v.allowedSecrets(ctx, req.User, req.Groups)
+		names, err := v.allowedSecrets(ctx, h.Site, req.User, req.Groups)
 		if err != nil {
 			v.log.Error("credential list failed", slog.String("user", req.User), slog.Any("error", err))
 			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
@@ -192,7 +272,7 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 		return &workitem.CredentialReply{Secrets: names}
 	case workitem.OpPin:
 		ev.Kind = auditKind(req.Op)
-		return v.pin(ctx, ev, req)
+		return v.pin(ctx, h.Site, ev, req)
 	}
 	ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 	ev.Attrs = append(ev.Attrs, slog.String("reason", "unknown op"))
@@ -218,7 +298,7 @@ func auditKind(op workitem.Op) string {
 
 // authorize loads secret and checks the allow list. It returns nil and a
 // refusal reply (already audited) when the request must not go on.
-func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) (*secretRow, *workitem.CredentialReply) {
+func (v *Vault) authorize(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) (*secretRow, *workitem.CredentialReply) {
 	deny := func(reason string) (*secretRow, *workitem.CredentialReply) {
 		ev.Outcome = "denied"
 		ev.Attrs = append(ev.Attrs, slog.String("reason", reason))
@@ -240,6 +320,9 @@ func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.Cre
 		return deny("unknown secret")
 	case err != nil:
 		return unavailable(err)
+	case r.site != site:
+		// An engine serves its own site's secrets only, whoever asks.
+		return deny("secret of another site")
 	case r.disabled:
 		return deny("secret disabled")
 	}
@@ -253,8 +336,8 @@ func (v *Vault) authorize(ctx context.Context, ev audit.Event, req *workitem.Cre
 	return r, nil
 }
 
-func (v *Vault) checkout(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
-	r, refusal := v.authorize(ctx, ev, req)
+func (v *Vault) checkout(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	r, refusal := v.authorize(ctx, site, ev, req)
 	if refusal != nil {
 		return refusal
 	}
@@ -284,7 +367,7 @@ func (v *Vault) checkout(ctx context.Context, ev audit.Event, req *workitem.Cred
 // no longer does is audited here once (the engine ends its sessions, which
 // it audits too); one that holds is not, or a busy site would write an
 // event per session every few seconds.
-func (v *Vault) recheck(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+func (v *Vault) recheck(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
 	if len(req.Grants) == 0 || len(req.Grants) > workitem.MaxGrants {
 		ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 		ev.Attrs = append(ev.Attrs, slog.String("reason", "bad grant count"))
@@ -293,7 +376,7 @@ func (v *Vault) recheck(ctx context.Context, ev audit.Event, req *workitem.Crede
 	}
 	out := make([]bool, len(req.Grants))
 	for i, g := range req.Grants {
-		ok, err := v.grantHolds(ctx, &g)
+		ok, err := v.grantHolds(ctx, site, &g)
 		if err != nil {
 			v.log.Error("re-checking a grant failed", slog.String("secret", logSafe(g.Secret)), slog.Any("error", err))
 			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
@@ -312,7 +395,7 @@ func (v *Vault) recheck(ctx context.Context, ev audit.Event, req *workitem.Crede
 
 // grantHolds reports whether g's user (still there, for a local user, and
 // with their current groups) may still use g's secret (still there).
-func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error) {
+func (v *Vault) grantHolds(ctx context.Context, site string, g *workitem.Grant) (bool, error) {
 	if !names.ValidUserName(g.User) || len(g.Groups) > names.MaxGroups || !names.ValidSecretName(g.Secret) {
 		return false, nil
 	}
@@ -330,12 +413,17 @@ func (v *Vault) grantHolds(ctx context.Context, g *workitem.Grant) (bool, error)
 			return false, err
 		}
 	}
+	if r, err := v.loadSecret(ctx, v.db, g.Secret); errors.Is(err, ErrNotFound) || err == nil && r.site != site {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
 	// The allow list goes with its secret (ON DELETE CASCADE): a removed
 	// secret allows nobody; a disabled one neither (allowed).
 	return v.allowed(ctx, g.Secret, g.User, groups)
 }
 
-func (v *Vault) pin(ctx context.Context, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+func (v *Vault) pin(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
 	pub, err := parseWireHostKey(req.HostKey)
 	if err != nil {
 		ev.Outcome = "denied"
@@ -345,7 +433,7 @@ func (v *Vault) pin(ctx context.Context, ev audit.Event, req *workitem.Credentia
 	}
 	fp := ssh.FingerprintSHA256(pub)
 	ev.Attrs = append(ev.Attrs, slog.String("fingerprint", fp))
-	if _, refusal := v.authorize(ctx, ev, req); refusal != nil {
+	if _, refusal := v.authorize(ctx, site, ev, req); refusal != nil {
 		return refusal
 	}
 	res, err := v.pinHostKey(ctx, req.Secret, pub.Marshal())

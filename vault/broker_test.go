@@ -3,6 +3,9 @@ package vault
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,57 +18,116 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/enroll"
+	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/workitem"
 )
 
-const requestQueue = "vault.requests"
+// brokerSite is the site the broker tests serve: the one every vault has.
+const brokerSite = DefaultSite
 
-// brokerEnv runs ServeCredentials over a memory connector for one test.
+var requestQueue = names.RequestQueue(brokerSite)
+
+// brokerEnv runs ServeSite over a memory connector for one test, with one
+// approved engine whose key seals the requests.
 type brokerEnv struct {
 	*testVault
-	conn *connector.Memory
-	key  []byte
+	conn    *connector.Memory
+	engine  string
+	key     []byte
+	version int
+	counts  *itemCounts
+
+	mu         sync.Mutex
+	lastSealed []byte // the last item send published
+	replies    *replies
+}
+
+// itemCounts records the broker's ItemCounter calls.
+type itemCounts struct {
+	mu sync.Mutex
+	m  map[string]int // "kind/outcome"
+}
+
+func (c *itemCounts) count(_, kind, outcome string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[kind+"/"+outcome]++
+}
+
+func (c *itemCounts) get(kind, outcome string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[kind+"/"+outcome]
+}
+
+// approvedEngine registers and approves a fresh engine of site on v and
+// returns its id, key and key version.
+func approvedEngine(t testing.TB, v *testVault, site string) (string, []byte, int) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := enroll.MarshalPublicKey(&k.PublicKey)
+	ctx := context.Background()
+	info, err := v.RegisterEngine(ctx, site, der, "test engine", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.ApproveEngine(ctx, info.ID); err != nil {
+		t.Fatal(err)
+	}
+	key, version, _, err := v.engineKeyOf(ctx, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID, key, version
 }
 
 func startBroker(t *testing.T) *brokerEnv {
 	t.Helper()
 	v := newTestVault(t)
-	key, err := v.SiteKey(context.Background(), "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, key, version := approvedEngine(t, v, brokerSite)
 	conn := connector.NewMemory(64)
+	counts := &itemCounts{m: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- v.ServeCredentials(ctx, conn, requestQueue) }()
+	go func() { done <- v.ServeSite(ctx, conn, brokerSite, counts.count) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("ServeCredentials returned %v after cancel", err)
+				t.Errorf("ServeSite returned %v after cancel", err)
 			}
 		case <-time.After(10 * time.Second):
-			t.Error("ServeCredentials did not return after cancel")
+			t.Error("ServeSite did not return after cancel")
 		}
 		conn.Close()
 	})
-	return &brokerEnv{testVault: v, conn: conn, key: key}
+	b := &brokerEnv{testVault: v, conn: conn, engine: id, key: key, version: version, counts: counts}
+	b.collect(t)
+	return b
 }
 
-// send seals req (for site "dev" unless h says otherwise) and publishes it.
-// It returns the request id and the reply queue.
+// replyQueue is the test engine's own reply queue.
+func (b *brokerEnv) replyQueue() string { return names.ReplyQueue(brokerSite, b.engine) }
+
+// send seals req as the test engine (unless mutate changes the header or
+// key) and publishes it. It returns the request id and the reply queue.
 func (b *brokerEnv) send(t *testing.T, req workitem.CredentialRequest, mutate func(*workitem.Header, *[]byte)) (string, string) {
 	t.Helper()
 	id := workitem.NewID()
 	if req.ReplyTo == "" {
-		req.ReplyTo = "site.dev.replies." + id
+		req.ReplyTo = b.replyQueue()
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := workitem.Header{Site: "dev", ID: id, Kind: workitem.KindCredentialRequest, Expiry: time.Now().Add(30 * time.Second)}
+	h := workitem.Header{Site: brokerSite, ID: id, Kind: workitem.KindCredentialRequest, Engine: b.engine,
+		KeyVersion: uint32(b.version), Expiry: time.Now().Add(30 * time.Second)} // #nosec G115 -- test
 	key := b.key
 	if mutate != nil {
 		mutate(&h, &key)
@@ -77,30 +139,72 @@ func (b *brokerEnv) send(t *testing.T, req workitem.CredentialRequest, mutate fu
 	if err := b.conn.Publish(context.Background(), requestQueue, sealed, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	b.mu.Lock()
+	b.lastSealed = sealed
+	b.mu.Unlock()
 	return id, req.ReplyTo
 }
 
-// receive waits up to d for one item on queue.
-func (b *brokerEnv) receive(t *testing.T, queue string, d time.Duration) ([]byte, bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	var got []byte
-	_ = b.conn.Consume(ctx, queue, 1, func(_ context.Context, d connector.Delivery) {
-		_ = d.Ack()
-		if got == nil {
-			got = bytes.Clone(d.Body())
+// replies collects everything the broker sends to the test engine's reply
+// queue, by item id: requests may be in flight together.
+type replies struct {
+	mu      sync.Mutex
+	byID    map[string][]byte
+	arrived chan struct{} // closed and replaced on every arrival
+}
+
+func (r *replies) put(sealed []byte) {
+	h, err := workitem.Peek(sealed)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.byID[h.ID] = bytes.Clone(sealed)
+	close(r.arrived)
+	r.arrived = make(chan struct{})
+}
+
+// wait returns the reply to id, waiting up to d.
+func (r *replies) wait(id string, d time.Duration) ([]byte, bool) {
+	deadline := time.After(d)
+	for {
+		r.mu.Lock()
+		got, ok := r.byID[id]
+		next := r.arrived
+		r.mu.Unlock()
+		if ok {
+			return got, true
 		}
-		cancel()
-	})
-	return got, got != nil
+		select {
+		case <-next:
+		case <-deadline:
+			return nil, false
+		}
+	}
+}
+
+// collect consumes the test engine's reply queue into b.replies until the
+// test ends.
+func (b *brokerEnv) collect(t *testing.T) {
+	b.replies = &replies{byID: map[string][]byte{}, arrived: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.conn.Consume(ctx, b.replyQueue(), 8, func(_ context.Context, d connector.Delivery) {
+			b.replies.put(d.Body())
+			_ = d.Ack()
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // ask sends req and opens the reply.
 func (b *brokerEnv) ask(t *testing.T, req workitem.CredentialRequest) workitem.CredentialReply {
 	t.Helper()
-	id, queue := b.send(t, req, nil)
-	sealed, ok := b.receive(t, queue, 10*time.Second)
+	id, _ := b.send(t, req, nil)
+	sealed, ok := b.replies.wait(id, 10*time.Second)
 	if !ok {
 		t.Fatalf("no reply to %s request", req.Op)
 	}
@@ -108,7 +212,7 @@ func (b *brokerEnv) ask(t *testing.T, req workitem.CredentialRequest) workitem.C
 	if err != nil {
 		t.Fatalf("open reply: %v", err)
 	}
-	if h.Kind != workitem.KindCredentialReply || h.ID != id || h.Site != "dev" ||
+	if h.Kind != workitem.KindCredentialReply || h.ID != id || h.Site != brokerSite || h.Engine != b.engine ||
 		h.Expiry.Before(time.Now().Add(20*time.Second)) || h.Expiry.After(time.Now().Add(31*time.Second)) {
 		t.Fatalf("reply header %+v", h)
 	}
@@ -122,8 +226,8 @@ func (b *brokerEnv) ask(t *testing.T, req workitem.CredentialRequest) workitem.C
 // expectNoReply sends req (altered by mutate) and checks nothing comes back.
 func (b *brokerEnv) expectNoReply(t *testing.T, req workitem.CredentialRequest, mutate func(*workitem.Header, *[]byte)) {
 	t.Helper()
-	_, queue := b.send(t, req, mutate)
-	if _, ok := b.receive(t, queue, 300*time.Millisecond); ok {
+	id, _ := b.send(t, req, mutate)
+	if _, ok := b.replies.wait(id, 300*time.Millisecond); ok {
 		t.Fatal("got a reply to an item that should have been dropped")
 	}
 }
@@ -365,48 +469,87 @@ func TestBrokerDropsBadItems(t *testing.T) {
 	}
 	req := workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01"}
 	otherKey := bytes.Repeat([]byte{7}, 32)
+	other, _, otherVersion := approvedEngine(t, b.testVault, brokerSite)
+	if err := b.AddSite(context.Background(), SiteSpec{Name: "elsewhere", Connector: ConnectorSpec{Kind: ConnectorBuiltin}}); err != nil {
+		t.Fatal(err)
+	}
+	foreign, foreignKey, foreignVersion := approvedEngine(t, b.testVault, "elsewhere")
 	tests := []struct {
 		name   string
 		req    workitem.CredentialRequest
 		mutate func(*workitem.Header, *[]byte)
 		reason string
 	}{
-		{"expired", req, func(h *workitem.Header, _ *[]byte) { h.Expiry = time.Now().Add(-time.Second) }, "expired"},
-		{"forged", req, func(_ *workitem.Header, k *[]byte) { *k = otherKey }, "failed authentication"},
-		{"unknown site", req, func(h *workitem.Header, k *[]byte) { h.Site, *k = "elsewhere", otherKey }, "unknown site"},
-		{"wrong kind", req, func(h *workitem.Header, _ *[]byte) { h.Kind = workitem.KindCredentialReply }, "unexpected kind"},
-		{"reply queue outside site.", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "elsewhere.replies"}, nil, "bad reply queue"},
-		{"reply queue too long", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "site." + strings.Repeat("x", 130)}, nil, "bad reply queue"},
+		{"expired", req, func(h *workitem.Header, _ *[]byte) { h.Expiry = time.Now().Add(-time.Second) }, rejectExpired},
+		{"forged", req, func(_ *workitem.Header, k *[]byte) { *k = otherKey }, rejectAuth},
+		{"another engine's name", req, func(h *workitem.Header, _ *[]byte) {
+			h.Engine, h.KeyVersion = other, uint32(otherVersion) // #nosec G115 -- test
+		}, rejectAuth},
+		{"a key version that is not the engine's", req, func(h *workitem.Header, _ *[]byte) { h.KeyVersion = 7 }, rejectStaleKey},
+		{"site named in the header is not the queue's", req, func(h *workitem.Header, k *[]byte) { h.Site = "elsewhere" }, rejectWrongSite},
+		{"engine of another site on this queue", req, func(h *workitem.Header, k *[]byte) {
+			h.Site, h.Engine, h.KeyVersion, *k = "elsewhere", foreign, uint32(foreignVersion), foreignKey // #nosec G115 -- test
+		}, rejectWrongSite},
+		{"unknown engine", req, func(h *workitem.Header, _ *[]byte) { h.Engine = "0000000000000000" }, rejectUnknownEngine},
+		{"wrong kind", req, func(h *workitem.Header, _ *[]byte) { h.Kind = workitem.KindCredentialReply }, rejectKind},
+		{"reply to another engine's queue", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01",
+			ReplyTo: names.ReplyQueue(brokerSite, other)}, nil, rejectReplyTo},
+		{"reply queue outside the site", workitem.CredentialRequest{Op: workitem.OpCheckout, User: "alice", Secret: "web01", ReplyTo: "elsewhere.replies"}, nil, rejectReplyTo},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			before := b.counts.get(workitem.KindCredentialRequest.String(), tt.reason) + b.counts.get(workitem.KindCredentialReply.String(), tt.reason)
 			b.expectNoReply(t, tt.req, tt.mutate)
-			if !strings.Contains(b.logs.String(), "reason="+fmt.Sprintf("%q", tt.reason)) &&
-				!strings.Contains(b.logs.String(), "reason="+tt.reason) {
+			if !strings.Contains(b.logs.String(), "reason="+tt.reason) {
 				t.Fatalf("no warning with reason %q in the log:\n%s", tt.reason, b.logs.String())
 			}
+			after := b.counts.get(workitem.KindCredentialRequest.String(), tt.reason) + b.counts.get(workitem.KindCredentialReply.String(), tt.reason)
+			if after != before+1 {
+				t.Fatalf("reason %q counted %d times, want once", tt.reason, after-before)
+			}
 		})
+	}
+	// A replay of a request that was answered.
+	origID, _ := b.send(t, req, nil)
+	if _, ok := b.replies.wait(origID, 10*time.Second); !ok {
+		t.Fatal("no reply to the original")
+	}
+	b.replies.mu.Lock()
+	delete(b.replies.byID, origID)
+	b.replies.mu.Unlock()
+	b.mu.Lock()
+	again := b.lastSealed
+	b.mu.Unlock()
+	if err := b.conn.Publish(context.Background(), requestQueue, again, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.replies.wait(origID, 300*time.Millisecond); ok {
+		t.Fatal("a replayed request was answered again")
+	}
+	if b.counts.get(workitem.KindCredentialRequest.String(), rejectReplay) != 1 {
+		t.Fatal("the replay was not counted")
 	}
 	// Raw garbage and a body that is not a request.
 	if err := b.conn.Publish(context.Background(), requestQueue, []byte("not a work item"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	sealed, err := workitem.Seal(b.key, workitem.Header{Site: "dev", ID: "x1", Kind: workitem.KindCredentialRequest,
-		Expiry: time.Now().Add(time.Minute)}, []byte(`{"op":"checkout","user":"alice","secret":"web01","reply_to":"site.x","extra":1}`))
+	sealed, err := workitem.Seal(b.key, workitem.Header{Site: brokerSite, ID: "x1", Kind: workitem.KindCredentialRequest, Engine: b.engine,
+		KeyVersion: uint32(b.version), Expiry: time.Now().Add(time.Minute)}, // #nosec G115 -- test
+		[]byte(`{"op":"checkout","user":"alice","secret":"web01","reply_to":"`+b.replyQueue()+`","extra":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b.conn.Publish(context.Background(), requestQueue, sealed, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := b.receive(t, "site.x", 300*time.Millisecond); ok {
+	if _, ok := b.replies.wait("x1", 300*time.Millisecond); ok {
 		t.Fatal("a request with an unknown field was answered")
 	}
 	// The broker is still serving.
 	if r := b.ask(t, req); r.Credential == nil {
 		t.Fatalf("broker stopped answering: %+v", r)
 	}
-	if len(b.audit.find("checkout")) != 1 {
+	if len(b.audit.find("checkout")) != 2 {
 		t.Fatalf("dropped items reached the audit trail: %+v", b.audit.find("checkout"))
 	}
 	assertNoSecretLogged(t, b.testVault, targetPassword)
@@ -418,32 +561,16 @@ func TestBrokerReturnsOnClose(t *testing.T) {
 	v := newTestVault(t)
 	conn := connector.NewMemory(4)
 	done := make(chan error, 1)
-	go func() { done <- v.ServeCredentials(context.Background(), conn, requestQueue) }()
+	go func() { done <- v.ServeSite(context.Background(), conn, brokerSite, nil) }()
+	time.Sleep(50 * time.Millisecond)
 	conn.Close()
 	select {
 	case err := <-done:
 		if err == nil {
-			t.Fatal("ServeCredentials returned nil after the connector closed")
+			t.Fatal("ServeSite returned nil after the connector closed")
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("ServeCredentials did not return")
-	}
-}
-
-func TestValidReplyTo(t *testing.T) {
-	for q, want := range map[string]bool{
-		"site.dev.replies.1":               true,
-		"site.":                            false,
-		"":                                 false,
-		"vault.requests":                   false,
-		"site.a b":                         false,
-		"site.\x00":                        false,
-		"site." + strings.Repeat("x", 123): true,
-		"site." + strings.Repeat("x", 124): false,
-	} {
-		if got := validReplyTo(q); got != want {
-			t.Errorf("validReplyTo(%q) = %v, want %v", q, got, want)
-		}
+		t.Fatal("ServeSite did not return")
 	}
 }
 
@@ -459,7 +586,7 @@ func FuzzCredentialRequest(f *testing.F) {
 	if err := v.AddSecret(context.Background(), passwordSecret(f, "web01", targetPassword, "alice")); err != nil {
 		f.Fatal(err)
 	}
-	h := workitem.Header{Site: "dev", ID: "fuzz", Kind: workitem.KindCredentialRequest}
+	h := workitem.Header{Site: brokerSite, ID: "fuzz", Kind: workitem.KindCredentialRequest}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req workitem.CredentialRequest
 		if err := decodeStrict(bytes.NewReader(body), &req); err != nil {

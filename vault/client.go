@@ -241,3 +241,70 @@ func disableVerb(disabled bool) string {
 	}
 	return "enable"
 }
+
+// AddSite creates a site; see Vault.AddSite.
+func (c *Client) AddSite(ctx context.Context, s SiteSpec) (SiteInfo, error) {
+	var out SiteInfo
+	err := c.do(ctx, http.MethodPost, "/v1/sites", siteRequest{Name: s.Name, Connector: s.Connector.Kind,
+		ConnectorURL: s.Connector.URL, ConnectorSecret: s.Connector.Secret}, http.StatusCreated, &out)
+	return out, err
+}
+
+// ListSites lists sites.
+func (c *Client) ListSites(ctx context.Context) ([]SiteInfo, error) {
+	var out sitesList
+	if err := c.do(ctx, http.MethodGet, "/v1/sites", nil, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	return out.Sites, nil
+}
+
+// ShowSite describes one site.
+func (c *Client) ShowSite(ctx context.Context, name string) (SiteInfo, error) {
+	var out SiteInfo
+	err := c.do(ctx, http.MethodGet, "/v1/sites/"+url.PathEscape(name), nil, http.StatusOK, &out)
+	return out, err
+}
+
+// SetSiteConnector moves a site to another connector.
+func (c *Client) SetSiteConnector(ctx context.Context, name string, spec ConnectorSpec) error {
+	return c.do(ctx, http.MethodPut, "/v1/sites/"+url.PathEscape(name)+"/connector",
+		siteRequest{Connector: spec.Kind, ConnectorURL: spec.URL, ConnectorSecret: spec.Secret}, http.StatusNoContent, nil)
+}
+
+// RotateSiteKey makes a new key version for a site and returns it.
+func (c *Client) RotateSiteKey(ctx context.Context, name string) (int, error) {
+	var out keyRotated
+	err := c.do(ctx, http.MethodPost, "/v1/sites/"+url.PathEscape(name)+"/rotate-key", nil, http.StatusOK, &out)
+	return out.KeyVersion, err
+}
+
+// ListEngines lists engines.
+func (c *Client) ListEngines(ctx context.Context) ([]EngineInfo, error) {
+	var out enginesList
+	if err := c.do(ctx, http.MethodGet, "/v1/engines", nil, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	return out.Engines, nil
+}
+
+// ApproveEngine approves a pending engine.
+func (c *Client) ApproveEngine(ctx context.Context, id string) (EngineInfo, error) {
+	var out EngineInfo
+	err := c.do(ctx, http.MethodPost, "/v1/engines/"+url.PathEscape(id)+"/approve", nil, http.StatusOK, &out)
+	return out, err
+}
+
+// RevokeEngine revokes an engine.
+func (c *Client) RevokeEngine(ctx context.Context, id string) (EngineInfo, error) {
+	var out EngineInfo
+	err := c.do(ctx, http.MethodPost, "/v1/engines/"+url.PathEscape(id)+"/revoke", nil, http.StatusOK, &out)
+	return out, err
+}
+
+// PingSite asks an engine of the site to answer through its connector.
+func (c *Client) PingSite(ctx context.Context, name string) (PingResult, error) {
+	var out PingResult
+	err := c.do(ctx, http.MethodPost, "/v1/sites/"+url.PathEscape(name)+"/ping", nil, http.StatusOK, &out)
+	return out, err
+}

@@ -37,8 +37,10 @@ var kekTables = []struct {
 	aad             func(key string) string
 }{
 	{"secrets", "name", "wrapped_dek", dekAAD},
-	{"site_keys", "site", "wrapped_key", siteKeyAAD},
+	{"site_key_versions", "id", "wrapped_key", siteKeyVersionAAD},
 	{"users", "name", "totp_seed", totpAAD},
+	{"sites", "name", "connector_secret", connectorSecretAAD},
+	{"engines", "id", "engine_key", engineKeyAAD},
 }
 
 // kekProbeAAD is the additional data of the round trip Open makes to check

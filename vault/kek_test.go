@@ -32,9 +32,13 @@ func fillVault(t *testing.T, tv *testVault, n int) map[string]string {
 	if _, err := tv.AddUser(ctx, UserSpec{Name: "plainuser", Password: []byte("Plain-User-Pass-1")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tv.SiteKey(ctx, "paris"); err != nil {
+	if err := tv.AddSite(ctx, SiteSpec{Name: "paris", Connector: ConnectorSpec{Kind: ConnectorAMQP, URL: "amqps://sp@rabbit:5671/", Secret: []byte("broker-pass")}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := tv.RotateSiteKey(ctx, "paris"); err != nil {
+		t.Fatal(err)
+	}
+	approvedEngine(t, tv, "paris")
 	return pw
 }
 
@@ -55,8 +59,21 @@ func checkAllReadable(t *testing.T, v *Vault, pw map[string]string) {
 			t.Fatalf("secret %s opened to something else", name)
 		}
 	}
-	if _, err := v.lookupSiteKey(ctx, "paris"); err != nil {
-		t.Fatalf("site key: %v", err)
+	if vs, err := v.siteKeyVersions(ctx, "paris"); err != nil || len(vs) != 2 {
+		t.Fatalf("site keys: %d versions, %v", len(vs), err)
+	}
+	if c, err := v.siteConnector(ctx, "paris"); err != nil || string(c.Secret) != "broker-pass" {
+		t.Fatalf("connector secret: %v", err)
+	}
+	engines, err := v.ListEngines(ctx)
+	if err != nil || len(engines) == 0 {
+		t.Fatalf("engines: %v", err)
+	}
+	for _, e := range engines {
+		v.forgetEngineKey(e.ID)
+		if _, _, _, err := v.engineKeyOf(ctx, e.ID); err != nil {
+			t.Fatalf("engine key of %s: %v", e.ID, err)
+		}
 	}
 	// A wrong code is refused for the code, not for an unreadable seed.
 	if err := v.VerifyTOTP(ctx, "totpuser", "000000"); !errors.Is(err, ErrDenied) {
@@ -83,7 +100,9 @@ func TestKEKRotationResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Current != hsm.LabelKEK || st.Target != "sallyport-kek-2" || st.Pending != 32-7 {
+	// 30 data keys, a TOTP seed, two site key versions, a broker password
+	// and an engine key.
+	if st.Current != hsm.LabelKEK || st.Target != "sallyport-kek-2" || st.Pending != 35-7 {
 		t.Fatalf("half-way state: %+v", st)
 	}
 	if _, err := tv.FinishKEKRotation(ctx); err == nil {

@@ -55,6 +55,9 @@ type SecretSpec struct {
 	PinOnFirstUse bool
 	// Allow lists who may use the secret: user names and "group:NAME" entries.
 	Allow []string
+	// Site is where the target is: only that site's engines check it out.
+	// Empty means DefaultSite.
+	Site string
 }
 
 // Wipe overwrites the credential.
@@ -92,6 +95,7 @@ type SecretInfo struct {
 	// Disabled secrets are checked out to nobody; their live sessions end.
 	Disabled bool      `json:"disabled"`
 	Allow    []string  `json:"allow"`
+	Site     string    `json:"site"`
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
 }
@@ -188,6 +192,7 @@ type secretRow struct {
 	hostKey                    []byte // wire format; nil until pinned
 	pinOnFirstUse              bool
 	disabled                   bool
+	site                       string
 	created, updated           int64
 }
 
@@ -262,9 +267,12 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		return err
 	}
 	now := v.now().UnixNano()
+	if s.Site == "" {
+		s.Site = DefaultSite
+	}
 	row := secretRow{
 		name: s.Name, host: s.Host, port: s.Port, username: s.Username,
-		kind: KindPassword, pinOnFirstUse: s.PinOnFirstUse, created: now, updated: now,
+		kind: KindPassword, pinOnFirstUse: s.PinOnFirstUse, created: now, updated: now, site: s.Site,
 	}
 	cred := s.Password
 	if len(s.PrivateKey) > 0 {
@@ -297,11 +305,16 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 	case !errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
+	if ok, err := v.siteExists(ctx, tx, row.site); err != nil {
+		return err
+	} else if !ok {
+		return invalid("site", "no such site (sallyport ctl site list)")
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO secrets
-		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, site)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.name, row.host, row.port, row.username, row.kind, row.wrappedDEK, row.credential,
-		row.hostKey, row.pinOnFirstUse, row.created, row.updated, row.kek); err != nil {
+		row.hostKey, row.pinOnFirstUse, row.created, row.updated, row.kek, row.site); err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
 	for _, e := range dedupe(s.Allow) {
@@ -370,14 +383,14 @@ func (v *Vault) setDisabled(ctx context.Context, query, name string, disabled, w
 	return nil
 }
 
-const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, disabled`
+const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, disabled, site`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanSecret(sc scanner) (*secretRow, error) {
 	var r secretRow
 	if err := sc.Scan(&r.name, &r.host, &r.port, &r.username, &r.kind, &r.wrappedDEK, &r.credential,
-		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek, &r.disabled); err != nil {
+		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek, &r.disabled, &r.site); err != nil {
 		return nil, err
 	}
 	return &r, nil
@@ -387,7 +400,7 @@ func scanSecret(sc scanner) (*secretRow, error) {
 func (r *secretRow) info(allow []string) SecretInfo {
 	si := SecretInfo{
 		Name: r.name, Host: r.host, Port: r.port, Username: r.username, Kind: r.kind,
-		PinOnFirstUse: r.pinOnFirstUse, Disabled: r.disabled, Allow: allow, Created: stamp(r.created), Updated: stamp(r.updated),
+		PinOnFirstUse: r.pinOnFirstUse, Disabled: r.disabled, Allow: allow, Site: r.site, Created: stamp(r.created), Updated: stamp(r.updated),
 	}
 	if si.Allow == nil {
 		si.Allow = []string{}
@@ -535,9 +548,9 @@ func (v *Vault) allowed(ctx context.Context, secret, user string, groups []strin
 	return true, nil
 }
 
-// allowedSecrets returns the sorted names of the secrets user or groups may
-// use (disabled ones left out).
-func (v *Vault) allowedSecrets(ctx context.Context, user string, groups []string) ([]string, error) {
+// allowedSecrets returns the sorted names of site's secrets that user or
+// groups may use (disabled ones left out).
+func (v *Vault) allowedSecrets(ctx context.Context, site, user string, groups []string) ([]string, error) {
 	p := principals(user, groups)
 	names := []string{}
 	if len(p) == 0 {
@@ -545,8 +558,8 @@ func (v *Vault) allowedSecrets(ctx context.Context, user string, groups []string
 	}
 	// Only "?" placeholders are concatenated; every value is a bound argument.
 	query := `SELECT DISTINCT secret FROM secret_allow JOIN secrets ON secrets.name = secret_allow.secret
-		WHERE secrets.disabled = 0 AND entry IN (` + placeholders(len(p)) + `) ORDER BY secret` // #nosec G202 -- placeholders only
-	rows, err := v.db.QueryContext(ctx, query, p...)
+		WHERE secrets.disabled = 0 AND secrets.site = ? AND entry IN (` + placeholders(len(p)) + `) ORDER BY secret` // #nosec G202 -- placeholders only
+	rows, err := v.db.QueryContext(ctx, query, append([]any{site}, p...)...)
 	if err != nil {
 		return nil, err
 	}

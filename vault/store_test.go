@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -406,40 +407,73 @@ func TestSpecsRedact(t *testing.T) {
 	}
 }
 
-func TestSiteKey(t *testing.T) {
+func TestSites(t *testing.T) {
 	v := newTestVault(t)
 	ctx := context.Background()
-	k1, err := v.SiteKey(ctx, "dev")
-	if err != nil || len(k1) != 32 {
-		t.Fatalf("SiteKey = %d bytes, %v", len(k1), err)
+	if err := v.AddSite(ctx, SiteSpec{Name: "dc-east", Connector: ConnectorSpec{Kind: ConnectorBuiltin}}); err != nil {
+		t.Fatal(err)
 	}
-	k2, err := v.SiteKey(ctx, "dev")
+	if err := v.AddSite(ctx, SiteSpec{Name: "dc-east", Connector: ConnectorSpec{Kind: ConnectorBuiltin}}); !errors.Is(err, ErrExists) {
+		t.Fatalf("a second dc-east: %v", err)
+	}
+	k1, v1, err := v.SiteKey(ctx, "dc-east")
+	if err != nil || len(k1) != 32 || v1 != 1 {
+		t.Fatalf("SiteKey = %d bytes v%d, %v", len(k1), v1, err)
+	}
+	k2, _, err := v.SiteKey(ctx, "dc-east")
 	if err != nil || !bytes.Equal(k1, k2) {
 		t.Fatal("SiteKey is not stable")
 	}
-	k3, err := v.SiteKey(ctx, "other")
+	// The migrated default site gets its first key on first use.
+	k3, _, err := v.SiteKey(ctx, DefaultSite)
 	if err != nil || bytes.Equal(k1, k3) {
-		t.Fatal("two sites share a key")
+		t.Fatalf("default site: %v (or two sites share a key)", err)
 	}
-	if _, err := v.SiteKey(ctx, "bad site"); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("bad site name: %v", err)
+	for _, bad := range []SiteSpec{
+		{Name: "bad site", Connector: ConnectorSpec{Kind: ConnectorBuiltin}},
+		{Name: "-dc", Connector: ConnectorSpec{Kind: ConnectorBuiltin}},
+		{Name: "a.b", Connector: ConnectorSpec{Kind: ConnectorBuiltin}},
+		{Name: "x", Connector: ConnectorSpec{Kind: "carrier-pigeon"}},
+		{Name: "x", Connector: ConnectorSpec{Kind: ConnectorAMQP, URL: "amqps://u:pw@h/"}},
+		{Name: "x", Connector: ConnectorSpec{Kind: ConnectorAMQP, URL: "http://h/"}},
+		{Name: "x", Connector: ConnectorSpec{Kind: ConnectorBuiltin, URL: "amqp://h/"}},
+	} {
+		if err := v.AddSite(ctx, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%v accepted: %v", bad, err)
+		}
 	}
-	if _, err := v.SiteKey(ctx, "-dev"); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("site name like a flag: %v", err)
+	if _, _, err := v.SiteKey(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("key of a site that does not exist: %v", err)
 	}
-	// The stored form is wrapped: the key itself is not in the row, and the
-	// wrapping is bound to the site name.
+	// Rotation: the old version still opens within the grace, then not.
+	now := time.Now()
+	v.now = func() time.Time { return now }
+	if ver, err := v.RotateSiteKey(ctx, "dc-east"); err != nil || ver != 2 {
+		t.Fatalf("rotate: v%d %v", ver, err)
+	}
+	if old, err := v.siteKeyAt(ctx, "dc-east", 1); err != nil || !bytes.Equal(old, k1) {
+		t.Fatalf("the old version within the grace: %v", err)
+	}
+	now = now.Add(SiteKeyGrace + time.Second)
+	if _, err := v.siteKeyAt(ctx, "dc-east", 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the old version past the grace: %v", err)
+	}
+	// The stored form is wrapped and bound to its site and version.
 	var wrapped []byte
-	if err := v.db.QueryRow(`SELECT wrapped_key FROM site_keys WHERE site = 'dev'`).Scan(&wrapped); err != nil {
+	if err := v.db.QueryRow(`SELECT wrapped_key FROM site_key_versions WHERE id = 'dc-east/2'`).Scan(&wrapped); err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Contains(wrapped, k1) {
 		t.Fatal("site key stored in the clear")
 	}
-	if _, err := v.db.Exec(`UPDATE site_keys SET wrapped_key = ? WHERE site = 'other'`, wrapped); err != nil {
+	if _, err := v.db.Exec(`UPDATE site_key_versions SET wrapped_key = ? WHERE site = 'default'`, wrapped); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.SiteKey(ctx, "other"); err == nil {
+	if _, _, err := v.SiteKey(ctx, DefaultSite); err == nil {
 		t.Fatal("a site key moved to another site still opens")
+	}
+	list, err := v.ListSites(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "dc-east" || list[0].KeyVersion != 2 || list[1].Name != DefaultSite {
+		t.Fatalf("list: %+v %v", list, err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sallyport/sallyport/audit"
 	"github.com/sallyport/sallyport/hsm"
+	"github.com/sallyport/sallyport/workitem"
 )
 
 // Named errors callers branch on. Every other error is internal: callers
@@ -86,6 +87,12 @@ type Vault struct {
 	// dummyHash is verified against for unknown users so that their timing
 	// matches that of known users with a wrong password.
 	dummyHash phc
+
+	// engineKeys caches approved engines' keys (id → cachedEngineKey).
+	engineKeys sync.Map
+	// replays remembers the requests taken, so a replayed or redelivered
+	// one is acted on once.
+	replays *workitem.ReplayCache
 }
 
 // Open opens (creating and migrating) the SQLite vault at path. keys must
@@ -130,6 +137,7 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 		now:      o.now,
 		hashSem:  make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 		fallback: o.fallback,
+		replays:  workitem.NewReplayCache(0, o.now),
 	}
 	if err := v.migrate(ctx); err != nil {
 		_ = db.Close() // the open error is the one worth reporting
@@ -194,6 +202,10 @@ func prepareDBFile(path string, log *slog.Logger) error {
 // Close closes the database. It does not close the key provider, which the
 // caller owns.
 func (v *Vault) Close() error {
+	v.engineKeys.Range(func(id, _ any) bool {
+		v.forgetEngineKey(id.(string))
+		return true
+	})
 	return v.db.Close()
 }
 
@@ -255,6 +267,52 @@ INSERT INTO kek_state (id, current) VALUES (1, 'sallyport-kek');
 	`
 ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1));
 ALTER TABLE secrets ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1));
+`,
+	// Version 4: sites with their connectors and versioned keys, engines,
+	// and a site for every secret (existing ones go to "default").
+	`
+CREATE TABLE sites (
+	name             TEXT PRIMARY KEY,
+	connector        TEXT NOT NULL CHECK (connector IN ('builtin', 'amqp')),
+	connector_url    TEXT NOT NULL DEFAULT '',
+	connector_secret BLOB,             -- sealed under the KEK: the broker password
+	created          INTEGER NOT NULL,
+	kek              TEXT NOT NULL
+) STRICT;
+INSERT INTO sites (name, connector, created, kek) SELECT site, 'builtin', created, kek FROM site_keys;
+INSERT OR IGNORE INTO sites (name, connector, created, kek)
+	VALUES ('default', 'builtin', CAST(strftime('%s', 'now') AS INTEGER) * 1000000000, (SELECT current FROM kek_state));
+CREATE TABLE site_key_versions (
+	id          TEXT PRIMARY KEY,      -- "SITE/VERSION"
+	site        TEXT NOT NULL,
+	version     INTEGER NOT NULL CHECK (version >= 1),
+	wrapped_key BLOB NOT NULL,         -- sealed under the KEK
+	created     INTEGER NOT NULL,
+	retired     INTEGER,               -- when a newer version took over
+	kek         TEXT NOT NULL,
+	UNIQUE (site, version)
+) STRICT;
+INSERT INTO site_key_versions (id, site, version, wrapped_key, created, kek)
+	SELECT site || '/1', site, 1, wrapped_key, created, kek FROM site_keys;
+DROP TABLE site_keys;
+ALTER TABLE secrets ADD COLUMN site TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX secrets_site ON secrets(site);
+CREATE TABLE engines (
+	id          TEXT PRIMARY KEY,      -- hex of the first 64 bits of SHA-256(public key)
+	site        TEXT NOT NULL,
+	name        TEXT NOT NULL DEFAULT '',
+	public_key  BLOB NOT NULL,         -- PKIX DER, ECDSA P-256
+	fingerprint TEXT NOT NULL,
+	state       TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'revoked')),
+	engine_key  BLOB,                  -- sealed under the KEK; set on approval, dropped on revocation
+	key_version INTEGER NOT NULL DEFAULT 0,
+	registered  INTEGER NOT NULL,
+	changed     INTEGER NOT NULL,
+	last_seen   INTEGER,
+	address     TEXT NOT NULL DEFAULT '',
+	kek         TEXT NOT NULL
+) STRICT;
+CREATE INDEX engines_site ON engines(site);
 `,
 }
 

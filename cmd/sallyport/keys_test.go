@@ -90,7 +90,10 @@ func softVault(t *testing.T, data string, n int) map[string][]byte {
 	keys := map[string][]byte{}
 	for i := 0; i < n; i++ {
 		site := fmt.Sprintf("site-%d", i)
-		k, err := v.SiteKey(ctx, site)
+		if err := v.AddSite(ctx, vault.SiteSpec{Name: site, Connector: vault.ConnectorSpec{Kind: vault.ConnectorBuiltin}}); err != nil {
+			t.Fatal(err)
+		}
+		k, _, err := v.SiteKey(ctx, site)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +118,7 @@ func checkOnToken(t *testing.T, cfg, data string, want map[string][]byte) {
 	}
 	defer v.Close()
 	for site, k := range want {
-		got, err := v.SiteKey(ctx, site)
+		got, _, err := v.SiteKey(ctx, site)
 		if err != nil {
 			t.Fatalf("site key %s: %v", site, err)
 		}

@@ -1,7 +1,9 @@
 // Command sallyport is the single binary of the Sallyport privileged-access
 // gateway. Subcommands:
 //
-//	sallyport dev   vault, engine, SSH proxy and admin API in one process
+//	sallyport dev     vault and engine in one process (embedded defaults)
+//	sallyport vault   the vault daemon
+//	sallyport engine  an engine at a site
 //	sallyport ctl   the admin CLI over the vault's API
 //	sallyport keys  key setup, KEK rotation and migration to a PKCS#11 token
 //
@@ -45,6 +47,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "dev":
 		return devMain(args[1:], stderr)
+	case "vault":
+		return vaultMain(args[1:], stderr)
+	case "engine":
+		return engineMain(args[1:], stderr)
 	case "ctl":
 		return ctlMain(args[1:], stdin, stdout, stderr)
 	case "keys":
@@ -65,7 +71,9 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: sallyport <command> [flags]
 
 commands:
-  dev      run vault, engine, SSH proxy and admin API in one process (embedded defaults)
+  dev      run the vault and one engine in one process (embedded defaults)
+  vault    run the vault: the store, the admin and engine API, the built-in site connector
+  engine   run an engine at a site: it registers with the vault and runs the SSH gateway
   ctl      administer users and secrets through the vault API
   keys     create, rotate and migrate keys (soft keystore or PKCS#11 token)
   version  print the version

@@ -2,6 +2,7 @@ package ssh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -16,6 +17,9 @@ type LocalAuth struct {
 // Authenticate implements Authenticator.
 func (a LocalAuth) Authenticate(ctx context.Context, login Login, ask Asker) (Identity, error) {
 	totp, groups, err := a.Users.VerifyPassword(ctx, login.User, login.Password)
+	if errors.Is(err, ErrUnavailable) {
+		return Identity{}, err // the vault did not answer: not the user's fault
+	}
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: password: %v", ErrDenied, err)
 	}
@@ -27,7 +31,9 @@ func (a LocalAuth) Authenticate(ctx context.Context, login Login, ask Asker) (Id
 		if len(answers) != 1 {
 			return Identity{}, fmt.Errorf("%w: totp: %d answers", ErrDenied, len(answers))
 		}
-		if err := a.Users.VerifyTOTP(ctx, login.User, answers[0]); err != nil {
+		if err := a.Users.VerifyTOTP(ctx, login.User, answers[0]); errors.Is(err, ErrUnavailable) {
+			return Identity{}, err
+		} else if err != nil {
 			return Identity{}, fmt.Errorf("%w: totp: %v", ErrDenied, err)
 		}
 	}
