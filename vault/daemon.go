@@ -81,9 +81,9 @@ type DaemonConfig struct {
 // connector. Create it with NewDaemon, run it with Run, stop it with
 // Shutdown.
 type Daemon struct {
-	cfg   DaemonConfig
-	log   *slog.Logger
-	vault *Vault
+	cfg     DaemonConfig
+	log     *slog.Logger
+	vault   *Vault
 	api     *http.Server
 	conns   *http.Server
 	builtin BuiltinServer
@@ -580,4 +580,3 @@ func (b *pongBook) deliver(id string, r PingResult) {
 		ch <- r
 	}
 }
-
