@@ -16,6 +16,13 @@ type apiOptions struct {
 	onRevoke   func(engineID string)
 	builtinURL func(r *http.Request) string
 	ping       func(ctx context.Context, site string) (PingResult, error)
+	sites      func()
+}
+
+// WithSitesChanged has the API call f after a site is added or moved to
+// another connector (the daemon starts serving it at once).
+func WithSitesChanged(f func()) APIOption {
+	return func(o *apiOptions) { o.sites = f }
 }
 
 // WithPinger serves POST /v1/sites/{name}/ping with f.
@@ -80,6 +87,9 @@ func (a *api) addSite(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if a.opts.sites != nil {
+		a.opts.sites()
+	}
 	info, err := a.v.ShowSite(r.Context(), req.Name)
 	if err != nil {
 		a.fail(w, r, err)
@@ -123,6 +133,9 @@ func (a *api) setConnector(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.fail(w, r, err)
 		return
+	}
+	if a.opts.sites != nil {
+		a.opts.sites()
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

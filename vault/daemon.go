@@ -149,7 +149,7 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		cfg.Registry.MustRegister(d.items, d.pingRTT, newEngineCollector(v))
 	}
 	api := NewAPI(v, cfg.TokenSHA256, cfg.Metrics, cfg.Log,
-		WithRevokeHook(d.revoked), WithBuiltinURL(d.builtinURL), WithPinger(d.Ping))
+		WithRevokeHook(d.revoked), WithBuiltinURL(d.builtinURL), WithPinger(d.Ping), WithSitesChanged(d.SyncSites))
 	d.api = &http.Server{
 		Handler:           api,
 		ConnContext:       admit.WithConn,

@@ -28,15 +28,20 @@ connection (defaults come from the data directory that 'sallyport dev' writes):
 
 commands:
   user add NAME --password-stdin [--totp] [--groups g1,g2]
-  user list
+  user list [--json]
   user rm NAME
   user disable NAME | user enable NAME
   secret add NAME --host H [--port 22] --username U (--password-stdin | --private-key-file F)
                   (--host-key 'ssh-ed25519 AAAA...' | --pin-on-first-use) --allow alice[,bob,group:ops]
-  secret list
+                  [--site SITE]
+  secret list [--json]
   secret show NAME
   secret rm NAME
   secret disable NAME | secret enable NAME
+  site add NAME [--connector builtin | --connector amqps://user@host:5671/vhost --connector-secret-file F]
+  site list [--json] | site show NAME | site rotate-key NAME | site ping NAME
+  site set-connector NAME (builtin | amqps://user@host:5671/vhost) [--connector-secret-file F]
+  engine list [--json] | engine approve ID | engine revoke ID
 
 Secrets are never taken from the command line: --password-stdin reads the
 first line of standard input. 'secret show' never prints the credential.
@@ -160,6 +165,24 @@ func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return ctlNamed(ctx, env, noun+" "+verb, rest, setDisabled((*vault.Client).SetUserDisabled, verb == "disable"))
 	case "secret disable", "secret enable":
 		return ctlNamed(ctx, env, noun+" "+verb, rest, setDisabled((*vault.Client).SetSecretDisabled, verb == "disable"))
+	case "site add":
+		return ctlSiteAdd(ctx, env, rest)
+	case "site list":
+		return ctlSiteList(ctx, env, rest)
+	case "site show":
+		return ctlSiteShow(ctx, env, rest)
+	case "site set-connector":
+		return ctlSiteSetConnector(ctx, env, rest)
+	case "site rotate-key":
+		return ctlSiteRotateKey(ctx, env, rest)
+	case "site ping":
+		return ctlSitePing(ctx, env, rest)
+	case "engine list":
+		return ctlEngineList(ctx, env, rest)
+	case "engine approve":
+		return ctlEngineSet("engine approve", (*vault.Client).ApproveEngine)(ctx, env, rest)
+	case "engine revoke":
+		return ctlEngineSet("engine revoke", (*vault.Client).RevokeEngine)(ctx, env, rest)
 	}
 	return usagef("unknown command %q", noun+" "+verb)
 }
@@ -351,7 +374,8 @@ func ctlUserAdd(ctx context.Context, env *ctlEnv, args []string) error {
 }
 
 func ctlUserList(ctx context.Context, env *ctlEnv, args []string) error {
-	if err := parseNone(newFlagSet("user list"), args); err != nil {
+	asJSON, err := parseList("user list", args)
+	if err != nil {
 		return err
 	}
 	c, err := env.client()
@@ -362,6 +386,9 @@ func ctlUserList(ctx context.Context, env *ctlEnv, args []string) error {
 	users, err := c.ListUsers(ctx)
 	if err != nil {
 		return fmt.Errorf("user list: %w", err)
+	}
+	if asJSON {
+		return writeJSONRows(env.stdout, users)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tTOTP\tGROUPS\tSTATE\tCREATED")
@@ -424,6 +451,7 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	hostKey := fs.String("host-key", "", "the target's host key, 'ssh-ed25519 AAAA...'")
 	pin := fs.Bool("pin-on-first-use", false, "trust and record the first host key the gateway sees")
 	allow := fs.String("allow", "", "comma-separated users and group:NAME entries who may use the secret")
+	site := fs.String("site", "", "the site whose engines reach the target (default: default)")
 	name, err := parseNamed(fs, args)
 	if err != nil {
 		return err
@@ -447,7 +475,7 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	}
 	spec := vault.SecretSpec{
 		Name: name, Host: *host, Port: *port, Username: *username,
-		HostKey: strings.TrimSpace(*hostKey), PinOnFirstUse: *pin, Allow: splitList(*allow),
+		HostKey: strings.TrimSpace(*hostKey), PinOnFirstUse: *pin, Allow: splitList(*allow), Site: *site,
 	}
 	defer spec.Wipe()
 	if *pwStdin {
@@ -469,7 +497,8 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 }
 
 func ctlSecretList(ctx context.Context, env *ctlEnv, args []string) error {
-	if err := parseNone(newFlagSet("secret list"), args); err != nil {
+	asJSON, err := parseList("secret list", args)
+	if err != nil {
 		return err
 	}
 	c, err := env.client()
@@ -481,10 +510,13 @@ func ctlSecretList(ctx context.Context, env *ctlEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("secret list: %w", err)
 	}
+	if asJSON {
+		return writeJSONRows(env.stdout, list)
+	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTARGET\tKIND\tHOST KEY\tALLOW\tSTATE")
+	fmt.Fprintln(tw, "NAME\tSITE\tTARGET\tKIND\tHOST KEY\tALLOW\tSTATE")
 	for _, s := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(target(s)), printable(s.Kind),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(s.Site), printable(target(s)), printable(s.Kind),
 			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")), state(s.Disabled))
 	}
 	return tw.Flush()
@@ -534,6 +566,7 @@ func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
 		{"host key", hostKey},
 		{"fingerprint", hostKeySummary(s)},
 		{"pin on first use", yesNo(s.PinOnFirstUse)},
+		{"site", s.Site},
 		{"state", state(s.Disabled)},
 		{"allow", strings.Join(s.Allow, ",")},
 		{"created", s.Created.Local().Format(time.RFC3339)},

@@ -99,7 +99,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	est, err := prepareEngine(ctx, engineOptions{
 		cfg: o.cfg, data: filepath.Join(o.data, "engine"), vaultURL: vst.apiURL, vaultCA: caPool, site: vault.DefaultSite,
 		name: "dev", sshAddr: o.sshAddr, poll: engine.DefaultPollInterval, idle: o.idle, maxSession: o.maxSession,
-		keys: vst.keys, hostKeyDir: o.data,
+		keys: vst.keys, hostKeyDir: o.data, registry: vst.registry,
 		connect: func(context.Context, engine.ConnectorSettings) (connector.Connector, error) {
 			return vst.queues.Session(), nil
 		},

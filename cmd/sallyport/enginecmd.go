@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -13,6 +14,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
@@ -45,6 +48,11 @@ type engineOptions struct {
 	keys hsm.Provider
 	// hostKeyDir is where ssh_host_key.pub is written (default data).
 	hostKeyDir string
+	// registry, if set, receives the engine's metrics (dev: the vault's,
+	// served by its API); otherwise the engine has its own.
+	registry *prometheus.Registry
+	// metricsAddr, if set, serves the engine's /metrics (plain HTTP).
+	metricsAddr string
 }
 
 func engineMain(args []string, stderr io.Writer) int {
@@ -61,6 +69,7 @@ func engineMain(args []string, stderr io.Writer) int {
 	idle := fs.Duration("idle-timeout", gw.DefaultIdleTimeout, "close SSH sessions idle this long")
 	maxSession := fs.Duration("max-session", gw.DefaultMaxSessionTime, "close SSH sessions after this long")
 	amqpCA := fs.String("amqp-ca-file", "", "PEM CA of the site's RabbitMQ broker (amqps://)")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (plain HTTP: keep it on loopback or a management network)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -74,7 +83,7 @@ func engineMain(args []string, stderr io.Writer) int {
 		return 2
 	}
 	o := engineOptions{cfg: cfg, data: df.data, vaultURL: *vaultURL, site: *site, name: *name, sshAddr: *sshAddr,
-		poll: *poll, idle: *idle, maxSession: *maxSession}
+		poll: *poll, idle: *idle, maxSession: *maxSession, metricsAddr: *metricsAddr}
 	if o.vaultCA, _, err = readCAFile(*caFile); err != nil {
 		fmt.Fprintf(stderr, "sallyport engine: %v\n", err)
 		return 2
@@ -101,6 +110,7 @@ func engineMain(args []string, stderr io.Writer) int {
 // engineStack is a prepared engine and what it needs closed after it.
 type engineStack struct {
 	eng       *engine.Engine
+	registry  *prometheus.Registry
 	keys      hsm.Provider
 	closeAuth func()
 	release   func()
@@ -160,7 +170,11 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 		}
 	}
 	st.sshAddr = ln.Addr().String()
-	reg := newRegistry()
+	reg := o.registry
+	if reg == nil {
+		reg = newRegistry()
+	}
+	st.registry = reg
 	connect := o.connect
 	if connect == nil {
 		connect = engineConnect(o.amqpCA, log)
@@ -198,6 +212,13 @@ func runEngine(ctx context.Context, o engineOptions, log *slog.Logger, stderr io
 	}
 	defer st.close()
 	fmt.Fprintf(stderr, "sallyport engine: id %s fingerprint %s site %s ssh=%s\n", st.eng.ID(), st.eng.Fingerprint(), o.site, st.sshAddr)
+	if o.metricsAddr != "" {
+		ms, err := serveMetrics(o.metricsAddr, st.registry, log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- st.eng.Run(ctx) }()
 	var runErr error

@@ -35,7 +35,11 @@ func openKeys(c *config.File, data string, log *slog.Logger) (hsm.Provider, erro
 			"path", path)
 		return keys, nil
 	}
-	return openToken(c, log)
+	t, err := openToken(c, log)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return t, nil
 }
 
 // openToken opens the PKCS#11 token the configuration names.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+
 	"crypto/x509"
 	"errors"
 	"flag"
@@ -14,6 +15,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
@@ -77,11 +80,12 @@ func vaultMain(args []string, stderr io.Writer) int {
 
 // vaultStack is a started vault daemon and what it needs closed after it.
 type vaultStack struct {
-	daemon  *vault.Daemon
-	keys    hsm.Provider
-	queues  *connector.Memory
-	apiURL  string
-	release func()
+	daemon   *vault.Daemon
+	keys     hsm.Provider
+	queues   *connector.Memory
+	apiURL   string
+	registry *prometheus.Registry
+	release  func()
 }
 
 // startVault opens the keys and the store and starts serving. dev passes
@@ -138,6 +142,7 @@ func startVault(ctx context.Context, o vaultOptions, log *slog.Logger) (_ *vault
 		return nil, err
 	}
 	reg := newRegistry()
+	st.registry = reg
 	st.queues = connector.NewMemory(0)
 	st.daemon, err = vault.NewDaemon(ctx, vault.DaemonConfig{
 		DBPath: dbPath, Keys: st.keys, APIListener: apiDoor, Cert: cert, TokenSHA256: tokenSHA,
