@@ -18,12 +18,12 @@ type Authorizer interface {
 	// not revoked, and signature is a valid ECDSA P-256 ASN.1 signature by
 	// its key over SHA-256(message); otherwise an error (logged by the
 	// server, never shown to the engine). message is the transcript of
-	// this connection (see Transcript). An error that wraps ctx's error
+	// this connection (see the package doc). An error that wraps ctx's error
 	// is taken as "try again later"; any other is a refusal.
 	Authorize(ctx context.Context, engineID string, message, signature []byte) (site string, err error)
 }
 
-// Transcript constants.
+// The protocol's labels (see transcript).
 const (
 	// TranscriptLabel opens every transcript: a signature made for
 	// anything else can never pass as a connector login, nor the reverse.
@@ -40,30 +40,31 @@ const (
 	maxSignature = 128
 )
 
-// Transcript returns the message an engine signs to log in on one
-// connection:
+// transcript returns the message an engine signs to log in on one
+// connection (every length is one byte):
 //
 //	"sallyport builtin connector v1" 0x00
-//	0x20 nonce (32 bytes, drawn by the server for this connection)
-//	len(engineID) (1 byte) engineID
-//	0x20 binding (32 bytes)
+//	0x20 nonce      32 bytes, drawn by the server for this connection
+//	len  engineID   16 lowercase hex digits
+//	0x20 binding    32 bytes
 //
 // where binding is ExportKeyingMaterial(ExporterLabel, nil, 32) of the TLS
 // 1.3 connection, which both ends compute alike only if they share one TLS
 // session. So a signature is good for one connection only: it cannot be
 // replayed later (new nonce, new session) nor relayed by a man in the
 // middle, who would hold two TLS sessions with different exporters.
-func Transcript(nonce []byte, engineID string, binding []byte) []byte {
+func transcript(nonce []byte, engineID string, binding []byte) ([]byte, error) {
+	if len(nonce) != NonceSize || len(binding) != bindingSize || len(engineID) > maxName {
+		return nil, errors.New("transcript: field out of bounds")
+	}
 	m := make([]byte, 0, len(TranscriptLabel)+1+1+len(nonce)+1+len(engineID)+1+len(binding))
 	m = append(m, TranscriptLabel...)
 	m = append(m, 0)
-	m = append(m, byte(len(nonce)))
-	m = append(m, nonce...)
-	m = append(m, byte(len(engineID)))
-	m = append(m, engineID...)
-	m = append(m, byte(len(binding)))
-	m = append(m, binding...)
-	return m
+	for _, field := range [][]byte{nonce, []byte(engineID), binding} {
+		m = append(m, uint8(len(field))) // #nosec G115 -- bounded above
+		m = append(m, field...)
+	}
+	return m, nil
 }
 
 // channelBinding returns the TLS exporter of cs, which must be TLS 1.3.

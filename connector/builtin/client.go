@@ -335,7 +335,7 @@ func (c *Client) Close() error {
 }
 
 // connect makes one connection: WebSocket over TLS 1.3, then the
-// handshake (see Transcript).
+// handshake (see transcript).
 func (c *Client) connect(ctx context.Context) (*conn, error) {
 	// The connection lives until the client closes; the handshake alone
 	// is bounded by ctx and the timeout.
@@ -381,7 +381,11 @@ func (c *Client) connect(ctx context.Context) (*conn, error) {
 	if err != nil {
 		return fail(ws, fmt.Errorf("challenge: %w", err))
 	}
-	digest := sha256.Sum256(Transcript(f.body, c.cfg.EngineID, binding))
+	msg, err := transcript(f.body, c.cfg.EngineID, binding)
+	if err != nil {
+		return fail(ws, err)
+	}
+	digest := sha256.Sum256(msg)
 	sig, err := c.cfg.Signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
 		return fail(ws, fmt.Errorf("sign the transcript: %w", err))
@@ -668,6 +672,8 @@ func codeError(code uint32) error {
 		return errTooMany
 	case codeUnauthorized:
 		return ErrUnauthorized
+	case codeSettled:
+		return connector.ErrSettled
 	}
 	return fmt.Errorf("builtin: the vault failed the request (code %d)", code)
 }
@@ -891,20 +897,17 @@ func (d *delivery) settle() bool {
 	return true
 }
 
-// Ack implements connector.Delivery. It returns connector.ErrSettled if
-// the delivery was settled, or if its connection is gone (the vault
-// delivers it again).
+// Ack implements connector.Delivery. It returns once the vault has
+// settled the message, or connector.ErrSettled if it was settled before,
+// or its connection is gone (the vault delivers it again).
 func (d *delivery) Ack() error {
 	if !d.settle() {
 		return connector.ErrSettled
 	}
-	if err := d.cn.write(&frame{op: opAck, tag: d.tag}); err != nil {
-		return connector.ErrSettled
-	}
-	return nil
+	return d.cn.settle(&frame{op: opAck, tag: d.tag})
 }
 
-// Reject implements connector.Delivery, with Ack's errors.
+// Reject implements connector.Delivery, as Ack does.
 func (d *delivery) Reject(requeue bool) error {
 	if !d.settle() {
 		return connector.ErrSettled
@@ -913,10 +916,26 @@ func (d *delivery) Reject(requeue bool) error {
 	if requeue {
 		f.flags = flagRequeue
 	}
-	if err := d.cn.write(f); err != nil {
+	return d.cn.settle(f)
+}
+
+// settle sends a settlement and waits for the vault's answer. A vault
+// that does not answer in time loses the connection, so that the message
+// is surely delivered again.
+func (cn *conn) settle(f *frame) error {
+	ctx, cancel := context.WithTimeout(cn.ctx, cn.c.cfg.WriteTimeout)
+	defer cancel()
+	err := cn.request(ctx, f)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errLost), errors.Is(err, connector.ErrSettled):
+		return connector.ErrSettled
+	case ctx.Err() != nil:
+		cn.close()
 		return connector.ErrSettled
 	}
-	return nil
+	return fmt.Errorf("builtin: settle: %w", err)
 }
 
 var _ connector.Connector = (*Client)(nil)

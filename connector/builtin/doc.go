@@ -9,13 +9,25 @@
 // # Authentication
 //
 // The engine pins the vault's CA (its --ca-file) and speaks TLS 1.3 only.
-// The vault then sends a fresh 32-byte nonce; the engine answers with its
-// id and an ECDSA P-256 signature, made with its key (which may live in an
-// HSM), over SHA-256 of the Transcript: a domain label, the nonce, the
-// engine id and the TLS exporter of the connection (channel binding). A
-// signature is therefore good on that one connection only, and a man in
-// the middle cannot relay it. The vault's Authorizer checks it and names
-// the engine's site.
+// Once the WebSocket is up, the vault sends a fresh 32-byte nonce; the
+// engine answers with its id and an ECDSA P-256 ASN.1 signature, made
+// with its key (which may live in an HSM), over SHA-256 of this
+// transcript (each length one byte):
+//
+//	"sallyport builtin connector v1" 0x00
+//	0x20 nonce (32 bytes)
+//	0x10 engine id (16 lowercase hex digits)
+//	0x20 binding (32 bytes)
+//
+// where binding is the connection's TLS exporter,
+// ExportKeyingMaterial("EXPORTER-sallyport-builtin-connector-v1", nil, 32),
+// which both ends compute alike only if they share one TLS session. A
+// signature is therefore good on that one connection only: a new
+// connection has a new nonce and a new exporter, and a man in the middle
+// holds two TLS sessions whose exporters differ. The vault's Authorizer
+// checks the signature against the engine's registered key, that the
+// engine is approved and not revoked, and names its site. The engine must
+// authenticate within the handshake timeout (10 s).
 //
 // # Access rule
 //

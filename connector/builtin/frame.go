@@ -24,8 +24,8 @@ const (
 	opCancel                  // C→S: stop consumer id (the server answers with its opDone)
 	opDone                    // S→C: consumer id has ended, num = code (0: cancelled)
 	opDeliver                 // S→C: to consumer id, tag, body; flagRedelivered
-	opAck                     // C→S: settle delivery tag as done
-	opReject                  // C→S: settle delivery tag as refused; flagRequeue
+	opAck                     // C→S: settle delivery tag as done; answered (ok or error) if id ≠ 0
+	opReject                  // C→S: settle delivery tag as refused; flagRequeue; answered if id ≠ 0
 	opMax                     // not an op: the bound of the table below
 )
 
@@ -131,7 +131,7 @@ func appendFrame(b []byte, f *frame) ([]byte, error) {
 		if len(f.name) > maxName {
 			return b, errLongName
 		}
-		b = append(b, byte(len(f.name)))
+		b = append(b, uint8(len(f.name))) // #nosec G115 -- ≤ maxName, checked above
 		b = append(b, f.name...)
 	}
 	if l.fields&fNum != 0 {
@@ -216,4 +216,5 @@ const (
 	codeTooMany      = 6 // a limit on sessions or consumers
 	codeUnavailable  = 7 // handshake: try again later
 	codeInternal     = 8
+	codeSettled      = 9 // connector.ErrSettled: the delivery was settled, or put back already
 )

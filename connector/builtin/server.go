@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -83,6 +84,9 @@ type ServerConfig struct {
 	// (the connector contract uses queues that are not site queues). It
 	// is unexported so that no deployment can set it.
 	allowAnyQueue bool
+	// rand draws the nonces (nil: crypto/rand); tests pin it to show that
+	// the channel binding alone stops a relayed signature.
+	rand io.Reader
 }
 
 // Validate reports a missing Queues or Auth, or a negative limit.
@@ -239,7 +243,11 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 	}
 
 	var nonce [NonceSize]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
+	src := s.cfg.rand
+	if src == nil {
+		src = rand.Reader
+	}
+	if _, err := io.ReadFull(src, nonce[:]); err != nil {
 		return nil, refuse(codeInternal, "nonce", err)
 	}
 	b, _ := appendFrame(nil, &frame{op: opChallenge, body: nonce[:]})
@@ -266,7 +274,11 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 	s.mu.Lock()
 	gen := s.disconnects
 	s.mu.Unlock()
-	site, err := s.cfg.Auth.Authorize(ctx, engineID, Transcript(nonce[:], engineID, binding), f.body)
+	msg, err = transcript(nonce[:], engineID, binding)
+	if err != nil {
+		return nil, refuse(codeInternal, "transcript", err)
+	}
+	site, err := s.cfg.Auth.Authorize(ctx, engineID, msg, f.body)
 	switch {
 	case err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
 		return nil, refuse(codeUnavailable, "authorizer timed out", err)
@@ -288,7 +300,6 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 	b, _ = appendFrame(nil, &frame{op: opWelcome, name: site, num: uint32(s.cfg.MaxFrameSize)}) // #nosec G115 -- the frame size is far below 4 GiB
 	if err := ws.Write(ctx, websocket.MessageBinary, b); err != nil {
 		sess.end()
-		s.unregister(sess)
 		return nil, refuse(codeNone, "send welcome", err)
 	}
 	sess.log.Info("builtin connector: engine connected")
@@ -408,11 +419,12 @@ type inflight struct {
 	settled chan struct{}
 }
 
-// end tears the session down now: consumers stop (their unsettled
-// deliveries go back), the socket closes. serve's goroutine finishes the
-// rest.
+// end tears the session down now: it no longer counts, its consumers stop
+// (their unsettled deliveries go back), its socket closes. serve's
+// goroutine waits for the rest.
 func (ss *session) end() {
 	ss.once.Do(func() {
+		ss.srv.unregister(ss)
 		ss.cancel()
 		_ = ss.ms.Close()
 		_ = ss.ws.CloseNow()
@@ -422,7 +434,6 @@ func (ss *session) end() {
 // serve reads the client's frames until the session ends, then waits for
 // its goroutines.
 func (ss *session) serve() {
-	defer ss.srv.unregister(ss)
 	defer ss.wg.Wait()
 	defer ss.end()
 	ss.wg.Add(1)
@@ -508,6 +519,8 @@ func errorCode(err error) uint32 {
 		return codeFull
 	case errors.Is(err, connector.ErrClosed):
 		return codeClosed
+	case errors.Is(err, connector.ErrSettled):
+		return codeSettled
 	case errors.Is(err, errBadRequest):
 		return codeBadRequest
 	case errors.Is(err, errTooMany):
@@ -571,16 +584,19 @@ func (ss *session) handle(f *frame) error {
 		in := ss.inflight[f.tag]
 		delete(ss.inflight, f.tag)
 		ss.mu.Unlock()
-		if in == nil {
-			return nil // settled already, or its consumer ended: nothing to do
+		err := connector.ErrSettled // settled already, or its consumer ended and put it back
+		if in != nil {
+			if f.op == opAck {
+				err = in.d.Ack()
+			} else {
+				err = in.d.Reject(f.flags&flagRequeue != 0)
+			}
+			close(in.settled)
 		}
-		if f.op == opAck {
-			_ = in.d.Ack()
-		} else {
-			_ = in.d.Reject(f.flags&flagRequeue != 0)
+		if f.id == 0 {
+			return nil // the client does not wait for an answer
 		}
-		close(in.settled)
-		return nil
+		return ss.reply(f.id, err)
 	}
 	return fmt.Errorf("unexpected %v from a client", f.op)
 }
