@@ -169,6 +169,9 @@ func NewServer(cfg ServerConfig) *Server {
 	return s
 }
 
+// maxHello bounds a hello frame: header, engine id, signature.
+const maxHello = headerSize + 1 + maxName + 4 + maxSignature
+
 // ErrServerClosed is returned by Shutdown when called twice.
 var ErrServerClosed = errors.New("builtin: server closed")
 
@@ -217,11 +220,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() { _ = ws.CloseNow() }()
-	ws.SetReadLimit(int64(s.cfg.MaxFrameSize))
+	// Until it has authenticated, a client may send a hello and no more.
+	ws.SetReadLimit(maxHello)
 	sess, err := s.handshake(ws, binding, r.RemoteAddr)
 	if err != nil {
 		return // logged by handshake
 	}
+	ws.SetReadLimit(int64(s.cfg.MaxFrameSize))
 	sess.serve()
 }
 
@@ -231,6 +236,9 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 	defer cancel()
 	log := s.log.With(slog.String("remote", remote))
 	refuse := func(code uint32, reason string, err error) error {
+		if err == nil {
+			err = errors.New(reason)
+		}
 		log.Warn("builtin connector: engine refused", slog.String("reason", reason), slog.Any("err", err))
 		if code != codeNone {
 			// The caller closes the socket; the client has nothing more to
@@ -297,8 +305,11 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 		_ = sess.ms.Close()
 		return nil, refuse(code, reason, nil)
 	}
-	b, _ = appendFrame(nil, &frame{op: opWelcome, name: site, num: uint32(s.cfg.MaxFrameSize)}) // #nosec G115 -- the frame size is far below 4 GiB
-	if err := ws.Write(ctx, websocket.MessageBinary, b); err != nil {
+	b, err = appendFrame(nil, &frame{op: opWelcome, name: site, num: uint32(s.cfg.MaxFrameSize)}) // #nosec G115 -- the frame size is far below 4 GiB
+	if err == nil {
+		err = ws.Write(ctx, websocket.MessageBinary, b)
+	}
+	if err != nil {
 		sess.end()
 		return nil, refuse(codeNone, "send welcome", err)
 	}
@@ -351,7 +362,7 @@ func (s *Server) Disconnect(engineID string) {
 	}
 	s.mu.Unlock()
 	for _, sess := range victims {
-		sess.log.Info("builtin connector: engine disconnected")
+		sess.log.Info("builtin connector: engine cut off")
 		sess.end()
 	}
 }
@@ -455,7 +466,9 @@ func (ss *session) serve() {
 			return
 		}
 		if err := ss.handle(&f); err != nil {
-			ss.log.Warn("builtin connector: protocol error", slog.String("op", f.op.String()), slog.Any("err", err))
+			if ss.ctx.Err() == nil { // not a failed write of a session already over
+				ss.log.Warn("builtin connector: protocol error", slog.String("op", f.op.String()), slog.Any("err", err))
+			}
 			return
 		}
 	}
@@ -609,7 +622,9 @@ func (ss *session) replyOrEnd(id uint32, err error) error {
 		return werr
 	}
 	if errors.Is(err, connector.ErrClosed) {
-		return errors.New("queues closed")
+		ss.log.Warn("builtin connector: queues closed, ending the session")
+		ss.end()
+		return err
 	}
 	return nil
 }
