@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/base32"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -34,10 +32,7 @@ type gateway struct {
 
 	Alice gatewayUser // created at start; tests create their other users
 
-	cmd     *exec.Cmd
-	done    chan struct{} // closed when Wait returned
-	waitErr error
-	log     *logSink
+	*proc
 
 	mu          sync.Mutex
 	seq         int
@@ -72,38 +67,21 @@ func startGateway(bin, dir string, target *sshdTarget, extra ...string) (_ *gate
 			return nil, err
 		}
 	}
-	logPath := filepath.Join(dir, "sallyport.log")
-	if g.log, err = newLogSink(logPath); err != nil {
+	args := append([]string{"dev", "--data", g.dataDir,
+		"--ssh-addr", "127.0.0.1:" + strconv.Itoa(g.SSHPort),
+		"--api-addr", "127.0.0.1:" + strconv.Itoa(g.APIPort)}, extra...)
+	if g.proc, err = startProc("sallyport dev", bin, filepath.Join(dir, "sallyport.log"), readyLine, args...); err != nil {
 		return nil, err
 	}
-	g.cmd = exec.Command(bin, "dev", "--data", g.dataDir,
-		"--ssh-addr", "127.0.0.1:"+strconv.Itoa(g.SSHPort),
-		"--api-addr", "127.0.0.1:"+strconv.Itoa(g.APIPort))
-	g.cmd.Args = append(g.cmd.Args, extra...)
-	g.cmd.Env = cleanEnv()
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := g.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s dev: %w", bin, err)
-	}
-	g.done = make(chan struct{})
-	go func() { g.waitErr = g.cmd.Wait(); g.log.Close(); close(g.done) }()
 	defer func() {
 		if err != nil {
 			g.stop()
 		}
 	}()
-
-	const bound = 2 * time.Minute
-	select {
-	case <-g.log.ready:
-	case <-g.done:
-		return nil, fmt.Errorf("sallyport dev exited before %q (%v); log %s:\n%s", readyLine, g.waitErr, logPath, g.LogTail(40))
-	case <-time.After(bound):
+	if err := g.waitReady(readyLine, 2*time.Minute); err != nil {
 		sshUp := waitPort(g.SSHPort, time.Second, g.done) == nil
 		apiUp := waitPort(g.APIPort, time.Second, g.done) == nil
-		return nil, fmt.Errorf("sallyport dev printed no %q within %v (ssh port open: %v, api port open: %v); log %s:\n%s",
-			readyLine, bound, sshUp, apiUp, logPath, g.LogTail(40))
+		return nil, fmt.Errorf("%w\n(ssh port open: %v, api port open: %v)", err, sshUp, apiUp)
 	}
 
 	var missing []string
@@ -115,16 +93,7 @@ func startGateway(bin, dir string, target *sshdTarget, extra ...string) (_ *gate
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("sallyport dev is ready but did not write %s in its data dir", strings.Join(missing, ", "))
 	}
-	hostKey, err := os.ReadFile(filepath.Join(g.dataDir, "ssh_host_key.pub"))
-	if err != nil {
-		return nil, err
-	}
-	f := strings.Fields(string(hostKey))
-	if len(f) < 2 {
-		return nil, fmt.Errorf("ssh_host_key.pub is not in authorized_keys format: %q", hostKey)
-	}
-	g.KnownHosts = filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(g.KnownHosts, []byte(knownHostsLine(g.SSHPort, f[0]+" "+f[1])), 0o600); err != nil {
+	if g.KnownHosts, err = pinHostKey(filepath.Join(g.dataDir, "ssh_host_key.pub"), g.SSHPort, filepath.Join(dir, "known_hosts")); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -138,22 +107,6 @@ func (g *gateway) addAlice() error {
 }
 
 func newGatewayPassword() string { return "Gw-" + randString(alnum, 20) + "-1a" }
-
-// exited returns nil while the gateway process runs.
-func (g *gateway) exited() error {
-	select {
-	case <-g.done:
-		if g.waitErr != nil {
-			return g.waitErr
-		}
-		return errors.New("exited with status 0")
-	default:
-		return nil
-	}
-}
-
-// stop ends the gateway by the PID the test started.
-func (g *gateway) stop() error { return stopProcess(g.cmd.Process, g.done, 30*time.Second) }
 
 // Name returns a fresh name with the given prefix for a secret or a user, so
 // that tests never share them (also under -count=N).
@@ -304,6 +257,7 @@ type secretSpec struct {
 	HostKey       string // pinned host key; empty: the sshd's real one
 	PinOnFirstUse bool   // no host key; pin whatever the target shows first
 	Allow         []string
+	Site          string // empty: the default site
 }
 
 // AddSecret adds s, failing the test if ctl refuses.
@@ -329,6 +283,9 @@ func (g *gateway) AddSecret(t testing.TB, s secretSpec) {
 		args = append(args, "--host-key", g.target.HostKeyPub)
 	}
 	args = append(args, "--allow", strings.Join(s.Allow, ","))
+	if s.Site != "" {
+		args = append(args, "--site", s.Site)
+	}
 	g.MustCtl(t, stdin, args...)
 }
 
@@ -414,12 +371,6 @@ func (g *gateway) SFTP(t *testing.T, login string, a answers, timeout time.Durat
 	return r
 }
 
-// Log returns everything the gateway has written to stdout and stderr.
-func (g *gateway) Log() []byte { return g.log.Bytes() }
-
-// LogTail returns the last n lines of the gateway's output.
-func (g *gateway) LogTail(n int) string { return lastLines(g.Log(), n) }
-
 // WaitLog waits (bounded) for a gateway log line that match accepts, and
 // fails the test with the log tail if none comes. Log lines may trail the
 // client's exit, hence the wait; nothing is asserted about time.
@@ -472,52 +423,4 @@ func (g *gateway) rateLimitedSources(log []byte) []string {
 		}
 	}
 	return problems
-}
-
-// logSink captures a child's stdout and stderr into a file and memory and
-// notices the ready line.
-type logSink struct {
-	mu    sync.Mutex
-	f     *os.File
-	buf   bytes.Buffer
-	ready chan struct{}
-	seen  bool
-}
-
-func newLogSink(path string) (*logSink, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	return &logSink{f: f, ready: make(chan struct{})}, nil
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	if l.f != nil {
-		l.f.Write(p)
-	}
-	if !l.seen && bytes.Contains(l.buf.Bytes(), []byte(readyLine)) {
-		l.seen = true
-		close(l.ready)
-	}
-	return len(p), nil
-}
-
-// Bytes returns a copy of everything written so far.
-func (l *logSink) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.buf.Bytes())
-}
-
-// Close closes the file; the memory copy stays readable.
-func (l *logSink) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	err := l.f.Close()
-	l.f = nil
-	return err
 }

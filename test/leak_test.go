@@ -142,6 +142,17 @@ func findNeedles(where string, data []byte, needles []needle) []string {
 // adds needles for secrets only this gateway saw (RADIUS passwords, shared
 // secrets).
 func (g *gateway) finalChecks(target *sshdTarget, extra ...needle) []string {
+	needles, problems := g.needles(target, extra...)
+	problems = append(problems, g.proc.finalChecks(needles)...)
+	problems = append(problems, g.rateLimitedSources(g.Log())...)
+	problems = append(problems, g.scanTranscripts(needles)...)
+	problems = append(problems, scanTree(g.dataDir, needles)...)
+	return problems
+}
+
+// needles are the secrets the leak scan looks for: the target's password
+// and key, the gateway users' passwords, and extra.
+func (g *gateway) needles(target *sshdTarget, extra ...needle) ([]needle, []string) {
 	var problems []string
 	needles := append(secretNeedles("target password", []byte(target.Password)), extra...)
 	keyNeedles, err := privateKeyNeedles(target.ClientKeyPEM)
@@ -150,44 +161,58 @@ func (g *gateway) finalChecks(target *sshdTarget, extra ...needle) []string {
 	}
 	needles = append(needles, keyNeedles...)
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	for _, p := range g.gwPasswords {
 		needles = append(needles, needle{"a gateway user's password", []byte(p)})
 	}
+	return needles, problems
+}
+
+// scanTranscripts looks for needles in every ctl and client output.
+func (g *gateway) scanTranscripts(needles []needle) []string {
+	g.mu.Lock()
 	transcripts := append([]string(nil), g.transcripts...)
 	g.mu.Unlock()
-
-	// The process's own argv, while it still runs.
-	if g.exited() == nil {
-		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(g.cmd.Process.Pid) + "/cmdline")
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("leak scan: read sallyport cmdline: %v", err))
-		}
-		problems = append(problems, findNeedles("/proc/<sallyport pid>/cmdline", cmdline, needles)...)
-	} else {
-		problems = append(problems, fmt.Sprintf("sallyport dev was not running at the end of the suite (%v)", g.exited()))
-	}
-
-	if err := g.stop(); err != nil {
-		problems = append(problems, fmt.Sprintf("stopping sallyport dev: %v", err))
-	} else if g.waitErr != nil {
-		// Exit status 66 is the race detector's.
-		problems = append(problems, fmt.Sprintf("sallyport dev did not exit cleanly on SIGTERM: %v", g.waitErr))
-	}
-	log := g.Log()
-	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
-		if bytes.Contains(log, []byte(bad)) {
-			problems = append(problems, fmt.Sprintf("sallyport output contains %q (see %s)", bad, filepath.Join(g.dir, "sallyport.log")))
-		}
-	}
-
-	problems = append(problems, g.rateLimitedSources(log)...)
-	problems = append(problems, findNeedles("sallyport stdout/stderr", log, needles)...)
+	var problems []string
 	for _, tr := range transcripts {
 		cmd, _, _ := strings.Cut(tr, "\n")
 		problems = append(problems, findNeedles("the output of `"+cmd+"`", []byte(tr), needles)...)
 	}
+	fmt.Fprintf(os.Stderr, "e2e: leak scan: %d needles over %d command outputs\n", len(needles), len(transcripts))
+	return problems
+}
+
+// finalChecks scans the process's argv while it runs, stops it, and checks
+// its output for needles, data races and panics.
+func (p *proc) finalChecks(needles []needle) []string {
+	var problems []string
+	if p.exited() == nil {
+		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/cmdline")
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("leak scan: read %s cmdline: %v", p.name, err))
+		}
+		problems = append(problems, findNeedles("/proc/<"+p.name+" pid>/cmdline", cmdline, needles)...)
+	} else {
+		problems = append(problems, fmt.Sprintf("%s was not running at the end (%v)", p.name, p.exited()))
+	}
+	if err := p.stop(); err != nil {
+		problems = append(problems, fmt.Sprintf("stopping %s: %v", p.name, err))
+	} else if p.waitErr != nil {
+		// Exit status 66 is the race detector's.
+		problems = append(problems, fmt.Sprintf("%s did not exit cleanly on SIGTERM: %v", p.name, p.waitErr))
+	}
+	problems = append(problems, p.crashProblems()...)
+	log := p.Log()
+	problems = append(problems, findNeedles(p.name+" stdout/stderr", log, needles)...)
+	fmt.Fprintf(os.Stderr, "e2e: leak scan: %d needles over the %s log (%d bytes) and its cmdline\n", len(needles), p.name, len(log))
+	return problems
+}
+
+// scanTree looks for needles in every regular file under dir.
+func scanTree(dir string, needles []needle) []string {
+	var problems []string
 	files, scanned := 0, 0
-	err = filepath.WalkDir(g.dataDir, func(path string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
@@ -201,13 +226,12 @@ func (g *gateway) finalChecks(target *sshdTarget, extra ...needle) []string {
 		return nil
 	})
 	if err != nil {
-		problems = append(problems, fmt.Sprintf("leak scan of %s: %v", g.dataDir, err))
+		problems = append(problems, fmt.Sprintf("leak scan of %s: %v", dir, err))
 	}
 	if files == 0 {
-		problems = append(problems, fmt.Sprintf("leak scan: no files under %s: the vault keeps its data elsewhere?", g.dataDir))
+		problems = append(problems, fmt.Sprintf("leak scan: no files under %s: the daemon keeps its data elsewhere?", dir))
 	}
-	fmt.Fprintf(os.Stderr, "e2e: leak scan: %d needles over the sallyport log (%d bytes), %d command outputs, %d files (%d bytes) under the data dir, and the process's cmdline\n",
-		len(needles), len(log), len(transcripts), files, scanned)
+	fmt.Fprintf(os.Stderr, "e2e: leak scan: %d needles over %d files (%d bytes) under %s\n", len(needles), files, scanned, dir)
 	return problems
 }
 

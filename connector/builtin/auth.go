@@ -18,12 +18,19 @@ type Authorizer interface {
 	// not revoked, and signature is a valid ECDSA P-256 ASN.1 signature by
 	// its key over SHA-256(message); otherwise an error (logged by the
 	// server, never shown to the engine). message is the transcript of
-	// this connection (see the package doc). An error that wraps ctx's error
-	// is taken as "try again later"; any other is a refusal.
+	// this connection (see the package doc). An error that wraps
+	// ErrUnavailable or ctx's error means "cannot decide now" and the
+	// engine tries again later; any other is a refusal, after which the
+	// engine's client gives up (ErrUnauthorized).
 	Authorize(ctx context.Context, engineID string, message, signature []byte) (site string, err error)
 }
 
-// The protocol's labels (see transcript).
+// ErrUnavailable, wrapped by an Authorizer's error, says that the vault
+// cannot decide now (its store is failing): the engine is not refused but
+// asked to try again later.
+var ErrUnavailable = errors.New("builtin: authorization unavailable")
+
+// The protocol's labels (see the package doc).
 const (
 	// TranscriptLabel opens every transcript: a signature made for
 	// anything else can never pass as a connector login, nor the reverse.
@@ -91,7 +98,8 @@ type grant struct {
 
 // allows is the access rule: an engine of site S may consume
 // "sallyport.S.work" and its own reply queue "sallyport.S.reply.<id>",
-// declare only that reply queue and only as Private, and publish only to
+// declare that reply queue as Private and the site's other queues as
+// Shared (as on a broker; they exist already), and publish only to
 // "sallyport.S.requests" and "sallyport.S.results". Every name is parsed
 // with names.ParseQueue, so nothing that is not a site queue passes. The
 // Memory under the server would allow anything: this is the only check.
@@ -107,7 +115,13 @@ func (g grant) allows(o op, queue string, kind connector.QueueKind) bool {
 	case opConsume:
 		return qkind == names.QueueWork || (qkind == names.QueueReply && engine == g.engineID)
 	case opDeclare:
-		return qkind == names.QueueReply && engine == g.engineID && kind == connector.Private
+		// The site's shared queues exist already (the vault declares
+		// them); an engine declaring one, as it must on a broker,
+		// changes nothing. Its reply queue is its own and private.
+		if qkind == names.QueueReply {
+			return engine == g.engineID && kind == connector.Private
+		}
+		return kind == connector.Shared
 	case opPublish:
 		return qkind == names.QueueRequests || qkind == names.QueueResults
 	}
