@@ -82,7 +82,10 @@ func TestAccessRule(t *testing.T) {
 		{"declare", own, connector.Shared, false},
 		{"declare", names.ReplyQueue("alpha", a2.id), connector.Private, false},
 		{"declare", names.ReplyQueue("beta", a1.id), connector.Private, false},
-		{"declare", names.WorkQueue("alpha"), connector.Shared, false},
+		{"declare", names.WorkQueue("alpha"), connector.Shared, true}, // as on a broker: it exists already
+		{"declare", names.RequestQueue("alpha"), connector.Shared, true},
+		{"declare", names.WorkQueue("alpha"), connector.Private, false},
+		{"declare", names.RequestQueue("beta"), connector.Shared, false},
 		{"declare", "contract.1.2", connector.Shared, false},
 		{"publish", names.RequestQueue("alpha"), 0, true},
 		{"publish", names.ResultQueue("alpha"), 0, true},

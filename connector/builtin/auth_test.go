@@ -11,9 +11,11 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,5 +309,35 @@ func TestTranscriptBytes(t *testing.T) {
 		if _, err := transcript(bad.nonce, bad.id, bad.binding); err == nil {
 			t.Fatal("an out-of-bounds transcript was built")
 		}
+	}
+}
+
+// flakyAuth is unavailable for its first calls, then asks next.
+type flakyAuth struct {
+	next  Authorizer
+	fails atomic.Int32
+}
+
+func (a *flakyAuth) Authorize(ctx context.Context, engineID string, message, signature []byte) (string, error) {
+	if a.fails.Add(-1) >= 0 {
+		return "", fmt.Errorf("store: %w", ErrUnavailable)
+	}
+	return a.next.Authorize(ctx, engineID, message, signature)
+}
+
+func TestAuthorizerUnavailableIsRetried(t *testing.T) {
+	p := newPKI(t)
+	m := connector.NewMemory(0)
+	defer m.Close()
+	e := newEngine(t, "paris")
+	auth := &flakyAuth{next: newAuth(e)}
+	auth.fails.Store(3)
+	ts := startServer(t, p, "127.0.0.1:0", ServerConfig{Queues: m, Auth: auth})
+	c := dial(t, p, ts.url, e) // fails three times, then gets in
+	if auth.fails.Load() >= 0 {
+		t.Fatal("the client got in without retrying")
+	}
+	if err := c.Publish(testCtx(t), "sallyport.paris.requests", []byte("x"), time.Minute); err != nil {
+		t.Fatal(err)
 	}
 }

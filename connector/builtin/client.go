@@ -474,9 +474,6 @@ func (c *Client) do(ctx context.Context, f *frame) error {
 		if err != nil {
 			return err
 		}
-		if f.op == opPublish && len(f.body) > cn.maxFrame-frameOverhead {
-			return fmt.Errorf("builtin: message of %d bytes is over the vault's limit", len(f.body))
-		}
 		err = cn.request(ctx, f)
 		if !errors.Is(err, errLost) {
 			return err

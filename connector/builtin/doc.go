@@ -31,17 +31,20 @@
 //
 // # Access rule
 //
-// An engine of site S may consume only "sallyport.S.work" and its own
-// reply queue "sallyport.S.reply.<id>", declare only that reply queue (as
-// Private), and publish only to "sallyport.S.requests" and
-// "sallyport.S.results". Anything else is refused with
-// connector.ErrForbidden; the session stays up.
+// An engine of site S may consume only "sallyport.S.work" and its own reply
+// queue "sallyport.S.reply.<id>", publish only to "sallyport.S.requests"
+// and "sallyport.S.results", and declare its reply queue (as Private) and
+// its site's shared queues (as Shared: they exist already, so this changes
+// nothing, but an engine declares them as it must on a broker). Every name
+// is parsed with names.ParseQueue. Anything else is refused with
+// connector.ErrForbidden, logged once per connection, and the session
+// stays up.
 //
 // # Wire protocol
 //
 // Every WebSocket binary message is one frame: a 6-byte header (op,
 // flags, request or consumer id) and the op's fields, each bounded and
-// length-prefixed (see frame). The client sends requests (declare,
+// length-prefixed (frame.go). The client sends requests (declare,
 // publish; answered ok or error), consumer starts and cancels (a consumer
 // ends with a done frame), and settlements of deliveries; the server
 // pushes deliveries, at most prefetch unsettled per consumer. Both ends

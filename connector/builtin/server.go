@@ -288,8 +288,8 @@ func (s *Server) handshake(ws *websocket.Conn, binding []byte, remote string) (*
 	}
 	site, err := s.cfg.Auth.Authorize(ctx, engineID, msg, f.body)
 	switch {
-	case err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
-		return nil, refuse(codeUnavailable, "authorizer timed out", err)
+	case err != nil && (errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)):
+		return nil, refuse(codeUnavailable, "authorizer unavailable", err)
 	case err != nil:
 		return nil, refuse(codeUnauthorized, "not authorized", err)
 	case !s.cfg.allowAnyQueue && !names.ValidSiteName(site):
