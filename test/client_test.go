@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,12 +60,14 @@ func indent(s string) string {
 
 // command is one run of a client or CLI.
 type command struct {
-	Path    string
-	Args    []string
-	Stdin   string
-	Env     []string      // added to the cleaned environment
-	Answers *answers      // nil: no askpass (prompts fail)
-	Timeout time.Duration // zero: 30 s
+	Path  string
+	Args  []string
+	Stdin string
+	// StdinAfter, if set, holds Stdin back until it is closed.
+	StdinAfter <-chan struct{}
+	Env        []string      // added to the cleaned environment
+	Answers    *answers      // nil: no askpass (prompts fail)
+	Timeout    time.Duration // zero: 30 s
 }
 
 // run runs c to completion and fails the test if it could not start or did
@@ -93,6 +96,9 @@ func runCommand(c command) (r result, _ error) {
 	cmd.WaitDelay = 5 * time.Second
 	if c.Stdin != "" {
 		cmd.Stdin = strings.NewReader(c.Stdin)
+	}
+	if c.StdinAfter != nil {
+		cmd.Stdin = &gatedReader{gate: c.StdinAfter, r: strings.NewReader(c.Stdin)}
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -205,4 +211,15 @@ func clientTool(t testing.TB, name string) string {
 		t.Fatalf("OpenSSH client %s not found (run test/setup.sh as root): %v", name, err)
 	}
 	return p
+}
+
+// gatedReader reads nothing until gate is closed, then r.
+type gatedReader struct {
+	gate <-chan struct{}
+	r    io.Reader
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	<-g.gate
+	return g.r.Read(p)
 }

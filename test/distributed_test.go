@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,4 +93,146 @@ func TestDistributedBuiltin(t *testing.T) {
 			t.Fatalf("a revoked engine restarted and still runs:\n%s", e.LogTail(20))
 		}
 	})
+}
+
+// TestDistributedTwoEngines runs two engines on one site: work items go to
+// both, and an item held by an engine killed before it answers goes to the
+// other.
+func TestDistributedTwoEngines(t *testing.T) {
+	c := startCluster(t)
+	c.Ctl(t, "site", "add", "dc-pair")
+	a, b := c.StartEngine(t, "dc-pair"), c.StartEngine(t, "dc-pair")
+	c.Approve(t, a)
+	c.Approve(t, b)
+	waitPing(t, c, "dc-pair")
+
+	t.Run("load shared", func(t *testing.T) {
+		answered := map[string]int{}
+		for range 12 {
+			id, r := c.Ping(t, "dc-pair")
+			if r.Code != 0 {
+				t.Fatalf("ping:\n%s", r)
+			}
+			answered[id]++
+		}
+		t.Logf("pings answered: %v", answered)
+		if answered[a.ID] == 0 || answered[b.ID] == 0 || len(answered) != 2 {
+			t.Fatalf("want both engines (%s, %s) to answer pings: %v", a.ID, b.ID, answered)
+		}
+	})
+
+	secret := c.admin.Name("pair")
+	c.admin.AddSecret(t, secretSpec{Name: secret, Allow: []string{c.Alice.Name}, Site: "dc-pair"})
+	t.Run("ssh through either engine", func(t *testing.T) {
+		for _, e := range []*engineProc{a, b} {
+			r := e.gw.SSH(t, sshRun{Login: c.Alice.Name + "@" + secret, Answers: c.Alice.Answers(), Command: "id -un"})
+			if strings.TrimSpace(r.Stdout) != c.target.User || r.Code != 0 {
+				t.Fatalf("through %s:\n%s", e.Name, r)
+			}
+		}
+	})
+
+	t.Run("engine killed holding an item", func(t *testing.T) {
+		// a stops (SIGSTOP) without acknowledging what it holds; a ping
+		// that a took is not answered until a is killed, then b takes
+		// it from the connector.
+		if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		type pinged struct {
+			id string
+			r  result
+		}
+		var held chan pinged
+		for try := 0; try < 6 && held == nil; try++ {
+			ch := make(chan pinged, 1)
+			go func() { id, r := c.ping("dc-pair"); ch <- pinged{id, r} }()
+			select {
+			case p := <-ch:
+				if p.r.Code != 0 || p.id != b.ID {
+					t.Fatalf("with %s stopped, want %s to answer:\n%s", a.ID, b.ID, p.r)
+				}
+			case <-time.After(2 * time.Second):
+				held = ch // a holds this one
+			}
+		}
+		if held == nil {
+			t.Fatalf("six pings in a row went to %s while %s was stopped: the connector does not share work", b.ID, a.ID)
+		}
+		a.kill()
+		p := <-held
+		if p.r.Code != 0 || p.id != b.ID {
+			t.Fatalf("the ping %s held was not redelivered to %s:\n%s", a.ID, b.ID, p.r)
+		}
+		if row := c.Engines(t)[a.ID]; row.State != "approved" {
+			t.Fatalf("a killed engine is still approved, it may come back: %+v", row)
+		}
+	})
+}
+
+// TestDistributedVaultRestart stops the vault under a live session: the
+// session goes on, new logins are told the service is unavailable, and
+// the engine recovers by itself once the vault is back.
+func TestDistributedVaultRestart(t *testing.T) {
+	c := startCluster(t)
+	c.Ctl(t, "site", "add", "dc-outage")
+	e := c.StartEngine(t, "dc-outage")
+	c.Approve(t, e)
+	secret := c.admin.Name("outage")
+	c.admin.AddSecret(t, secretSpec{Name: secret, Allow: []string{c.Alice.Name}, Site: "dc-outage"})
+
+	// A live session, held open by its stdin until the vault is down.
+	echo, marker := markerCommand()
+	release := make(chan struct{})
+	live := make(chan result, 1)
+	liveRun := e.gw.sshCommand(e.gw.nextSource(), sshRun{Login: c.Alice.Name + "@" + secret, Answers: c.Alice.Answers(),
+		Command: "read line; " + echo, Stdin: "go\n", StdinAfter: release, Timeout: 2 * time.Minute})
+	go func() {
+		r, err := runCommand(liveRun)
+		if err != nil {
+			r.Stderr += "\n" + err.Error()
+		}
+		e.gw.record(r)
+		live <- r
+	}()
+	if _, ok := e.waitLine(func(l string) bool { return strings.Contains(l, `msg="session started"`) }, time.Minute); !ok {
+		t.Fatalf("the session did not start:\n%s", e.LogTail(20))
+	}
+
+	c.StopVault(t)
+	r := e.gw.SSH(t, sshRun{LogLevel: "INFO", Login: c.Alice.Name + "@" + secret, Answers: c.Alice.Answers(), Command: "true"})
+	if r.Code == 0 || !strings.Contains(r.Stdout+r.Stderr, "unavailable") {
+		t.Fatalf("a login during the vault's outage: want the unavailable message:\n%s", r)
+	}
+	e.gw.CheckNotRateLimited(t, r)
+	close(release)
+	if r := <-live; !strings.Contains(r.Stdout, marker) || r.Code != 0 {
+		t.Fatalf("the live session did not outlast the vault:\n%s", r)
+	}
+
+	c.startVault(t)
+	waitPing(t, c, "dc-outage")
+	r = e.gw.SSH(t, sshRun{Login: c.Alice.Name + "@" + secret, Answers: c.Alice.Answers(), Command: "id -un"})
+	if strings.TrimSpace(r.Stdout) != c.target.User || r.Code != 0 {
+		t.Fatalf("a login after the vault came back:\n%s", r)
+	}
+	if err := e.exited(); err != nil {
+		t.Fatalf("the engine exited: %v", err)
+	}
+}
+
+// waitPing waits (bounded) until an engine of site answers a ping.
+func waitPing(t *testing.T, c *cluster, site string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, r := c.Ping(t, site)
+		if r.Code == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no engine of %s answered a ping for a minute:\n%s", site, r)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -299,7 +299,9 @@ type sshRun struct {
 	Flags    []string // ssh flags before the destination: -T, -tt
 	Command  string   // remote command; empty: a shell
 	Stdin    string
-	Timeout  time.Duration // zero: 30 s
+	// StdinAfter, if set, holds Stdin back until it is closed.
+	StdinAfter <-chan struct{}
+	Timeout    time.Duration // zero: 30 s
 }
 
 // SSH runs the ssh client through the gateway from a source address no
@@ -332,7 +334,7 @@ func (g *gateway) sshCommand(src string, s sshRun) command {
 	if s.Command != "" {
 		args = append(args, s.Command)
 	}
-	return command{Path: sshPath, Args: args, Stdin: s.Stdin, Answers: &s.Answers, Timeout: s.Timeout}
+	return command{Path: sshPath, Args: args, Stdin: s.Stdin, StdinAfter: s.StdinAfter, Answers: &s.Answers, Timeout: s.Timeout}
 }
 
 // sshPath is the OpenSSH client; tests that need it fail early through
