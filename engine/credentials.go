@@ -41,6 +41,7 @@ type Credentials struct {
 	log     *slog.Logger
 	now     func() time.Time
 	count   func(kind, outcome string)
+	observe func(kind string, d time.Duration)
 
 	keyMu sync.RWMutex
 	key   Key
@@ -141,6 +142,9 @@ func (c *Credentials) receive(_ context.Context, sealed []byte) {
 		return
 	}
 	ch <- reply{kind: h.Kind, body: body} // buffered: never blocks
+	if c.count != nil {
+		c.count(h.Kind.String(), "ok")
+	}
 }
 
 // call seals body as kind, sends it, and waits for the reply of wantKind.
@@ -170,6 +174,7 @@ func (c *Credentials) call(ctx context.Context, kind, wantKind workitem.Kind, bo
 	}()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	start := time.Now()
 	if err := c.conn.Publish(ctx, names.RequestQueue(c.site), sealed, c.timeout); err != nil {
 		return nil, fmt.Errorf("%w: publish request: %v", gw.ErrUnavailable, err)
 	}
@@ -178,6 +183,9 @@ func (c *Credentials) call(ctx context.Context, kind, wantKind workitem.Kind, bo
 		if r.kind != wantKind {
 			clear(r.body)
 			return nil, fmt.Errorf("%w: a %s answered a %s", gw.ErrUnavailable, r.kind, kind)
+		}
+		if c.observe != nil {
+			c.observe(kind.String(), time.Since(start))
 		}
 		return r.body, nil
 	case <-ctx.Done():

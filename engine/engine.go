@@ -22,6 +22,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sallyport/sallyport/connector"
 	"github.com/sallyport/sallyport/enroll"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
@@ -86,8 +88,8 @@ type Config struct {
 	SSHListener net.Listener
 	// Log receives operational messages.
 	Log *slog.Logger
-	// Metrics, if set, counts items by kind and outcome.
-	Metrics func(kind, outcome string)
+	// Registry, if set, receives the engine's metrics.
+	Registry prometheus.Registerer
 	// OnServing, if set, is called once, when the gateway first serves.
 	OnServing func()
 	// Now replaces the clock in tests.
@@ -97,14 +99,15 @@ type Config struct {
 // Engine is a running engine. Create it with New, run it with Run, stop it
 // with Shutdown.
 type Engine struct {
-	cfg    Config
-	log    *slog.Logger
-	hc     *http.Client
-	signer crypto.Signer
-	pub    *ecdsa.PublicKey
-	id     string
-	fp     string
-	link   *link
+	cfg     Config
+	log     *slog.Logger
+	hc      *http.Client
+	signer  crypto.Signer
+	pub     *ecdsa.PublicKey
+	id      string
+	fp      string
+	link    *link
+	metrics *metrics
 
 	mu       sync.Mutex
 	applied  *enroll.EngineConfig // the configuration in force
@@ -180,8 +183,13 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
+	m, err := newMetrics(cfg.Registry, cfg.Site)
+	if err != nil {
+		return nil, fmt.Errorf("engine: metrics: %w", err)
+	}
 	e := &Engine{
-		cfg: cfg, log: cfg.Log.With("engine", id), signer: signer, pub: pub, id: id, fp: fp,
+		metrics: m,
+		cfg:     cfg, log: cfg.Log.With("engine", id), signer: signer, pub: pub, id: id, fp: fp,
 		hc:      &http.Client{Transport: tr, Timeout: time.Minute, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		link:    &link{},
 		stopped: make(chan struct{}),
@@ -317,6 +325,7 @@ func (e *Engine) pull(ctx context.Context) (*enroll.EngineConfig, error) {
 	}
 	switch status {
 	case http.StatusOK:
+		e.metrics.lastPull.SetToCurrentTime()
 		return &cfg, nil
 	case http.StatusForbidden:
 		return &enroll.EngineConfig{State: enroll.StateRevoked}, nil
@@ -441,11 +450,11 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, ke
 	cctx, cancel := context.WithCancel(e.runCtx)
 	e.conn, e.connStop = conn, cancel
 	creds := NewCredentials(conn, e.cfg.Site, e.id, key, e.log)
-	creds.count = e.cfg.Metrics
+	creds.count, creds.observe = e.metrics.count, e.metrics.observe
 	e.creds = creds
 	e.link.set(creds)
 	w := newWorker(conn, e.cfg.Site, e.id, creds, e.log, e.cfg.Now)
-	w.count = e.cfg.Metrics
+	w.count = e.metrics.count
 	e.work = w
 	e.connWG.Add(2)
 	go func() {
@@ -456,6 +465,7 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, ke
 		defer e.connWG.Done()
 		e.keepConsuming(cctx, "work", w.Run)
 	}()
+	e.metrics.up.Set(1)
 	e.log.Info("connected to the site connector", "connector", cfg.Connector.Kind)
 	return nil
 }
@@ -494,6 +504,7 @@ func (e *Engine) stopConnLocked() {
 	e.creds.Close()
 	e.work.close()
 	e.conn, e.creds, e.work = nil, nil, nil
+	e.metrics.up.Set(0)
 }
 
 // startGatewayLocked starts the SSH gateway; callers hold e.mu.

@@ -181,7 +181,7 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 	}
 	eng, err := engine.New(ctx, engine.Config{
 		VaultURL: o.vaultURL, VaultCA: o.vaultCA, Site: o.site, DataDir: o.data, Keys: keys, Name: o.name,
-		PollInterval: o.poll, Connect: connect, SSHListener: ln, Log: log,
+		PollInterval: o.poll, Connect: connect, SSHListener: ln, Log: log, Registry: reg,
 		OnServing: func() {
 			if o.onServing != nil {
 				o.onServing(st.sshAddr)
