@@ -3,6 +3,7 @@ package builtin
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -237,5 +238,54 @@ func TestShutdownLeavesNothing(t *testing.T) {
 	}
 	if left := waitGoroutines(5 * time.Second); left != "" {
 		t.Fatalf("goroutines left after Close and Shutdown:\n%s", left)
+	}
+}
+
+// gateAuth holds its first call until released: a revocation can land
+// between the check and the session's start.
+type gateAuth struct {
+	*fakeAuth
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (a *gateAuth) Authorize(ctx context.Context, engineID string, message, signature []byte) (string, error) {
+	site, err := a.fakeAuth.Authorize(ctx, engineID, message, signature)
+	first := false
+	a.once.Do(func() { first = true })
+	if first {
+		close(a.entered)
+		<-a.release
+	}
+	return site, err
+}
+
+func TestDisconnectDuringHandshake(t *testing.T) {
+	p := newPKI(t)
+	m := connector.NewMemory(0)
+	defer m.Close()
+	e := newEngine(t, "alpha")
+	auth := &gateAuth{fakeAuth: newAuth(e), entered: make(chan struct{}), release: make(chan struct{})}
+	ts := startServer(t, p, "127.0.0.1:0", ServerConfig{Queues: m, Auth: auth})
+	dialed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, clientConfig(t, p, ts.url, e))
+		if err == nil {
+			_ = c.Close()
+		}
+		dialed <- err
+	}()
+	<-auth.entered // authorized, not yet registered
+	auth.revoke(e.id)
+	ts.Disconnect(e.id)
+	close(auth.release)
+	if err := <-dialed; !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("Dial across a revocation: %v, want ErrUnauthorized", err)
+	}
+	if n := ts.Sessions(); n != 0 {
+		t.Fatalf("%d sessions", n)
 	}
 }
