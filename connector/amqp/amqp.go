@@ -4,26 +4,36 @@
 //
 // What it does on the broker:
 //
-//   - Publish sends a persistent message (delivery mode 2) through the
-//     default exchange, with the TTL as the per-message expiration, and
-//     returns only once the broker confirms it (publisher confirms). A
-//     queue at Config.MaxLength refuses it (x-overflow reject-publish), the
-//     broker nacks it and Publish returns connector.ErrFull. Publishes are
-//     pipelined over a few confirm-mode channels: many goroutines may
-//     publish at once without waiting for each other's confirms.
+//   - Every queue Q has a direct exchange also named Q, bound to Q with
+//     the routing key Q, and Publish sends there: RabbitMQ checks only the
+//     exchange for a publisher's write permission, so through the default
+//     exchange any user could write to any queue. This way a site's user
+//     needs permissions on its own prefix and nothing else:
+//     configure, write and read all "^sallyport\.SITE\." (names.QueuePrefix).
+//   - Publish sends a persistent message (delivery mode 2) with the TTL as
+//     the per-message expiration, mandatory (a message for a queue that
+//     was deleted comes back, and is sent again once the queue is
+//     declared again), and returns only once the broker confirms it
+//     (publisher confirms). A queue at Config.MaxLength refuses it
+//     (x-overflow reject-publish), the broker nacks it and Publish returns
+//     connector.ErrFull. Publishes are pipelined over a few confirm-mode
+//     channels: many goroutines may publish at once without waiting for
+//     each other's confirms.
 //   - Consume opens a channel per call with basic.qos(prefetch) and manual
 //     acknowledgements; Ack and Reject are basic.ack and basic.reject.
-//   - A Shared queue is durable, of Config.QueueType (quorum or classic),
+//   - A Shared queue is durable, of Config.QueueType (classic or quorum),
 //     bounded by x-max-length with x-overflow reject-publish, and with
 //     Config.DeadLetter its expired and rejected messages go to
-//     "<queue>.dead" (through the default exchange as dead-letter exchange,
-//     so the site's queue prefix covers it in the broker's permissions). A
-//     Private queue is classic, not durable, and removed by the broker once
-//     unused for Config.PrivateExpires (x-expires).
+//     "<queue>.dead" (its own exchange is the dead-letter exchange). A
+//     quorum queue's bound is looser: it takes one message beyond it (and
+//     whatever was in flight) before it refuses. A Private queue is
+//     classic, not durable, and removed by the broker (its exchange with
+//     it) once unused for Config.PrivateExpires (x-expires).
 //   - A queue that Publish or Consume meets without a Declare is looked up
 //     (a passive declare) and, if missing, declared: Private for an
 //     engine's reply queue (names.ReplyQueue), Shared otherwise. A queue
-//     that exists already is used as it is, whatever its arguments.
+//     that exists already is used as it is, whatever its arguments, and so
+//     is one Declare finds with other arguments (with a warning).
 //
 // A lost connection (a broker restart, a network cut) is re-established in
 // the background with capped, jittered exponential backoff; Publish and
@@ -565,17 +575,19 @@ func (c *Conn) Declare(ctx context.Context, queue string, kind connector.QueueKi
 		if err != nil {
 			return fmt.Errorf("amqp: declare %s: %w", queue, err)
 		}
-		err = s.declare(queue, kind)
-		if err == nil {
+		err = s.declare(ctx, queue, kind)
+		switch {
+		case err == nil:
 			c.mu.Lock()
 			c.kinds[queue] = kind
 			c.mu.Unlock()
 			return nil
-		}
-		if !s.ac.IsClosed() {
+		case ctx.Err() != nil, errors.Is(err, connector.ErrClosed):
+			return fmt.Errorf("amqp: declare %s: %w", queue, err)
+		case !s.goneWithin(ctx):
 			return err
 		}
-		stale = s
+		stale = s // the connection went: declare on the next one
 	}
 }
 

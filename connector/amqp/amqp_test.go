@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -457,5 +458,75 @@ func TestStaleSettle(t *testing.T) {
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPermissions: a site's credentials, limited to its queue prefix for
+// configure, write and read, are enough for everything the connector does
+// on the site's queues (dead-lettering included), and another site's
+// queues are connector.ErrForbidden, publishing to them included.
+func TestPermissions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	site := fmt.Sprint("p", time.Now().UnixNano()%1e6)
+	user, pass := "site-"+site, hex.EncodeToString(tb.pass[:8])+"x"
+	prefix := strings.ReplaceAll(names.QueuePrefix(site), ".", `\.`)
+	for _, args := range [][]string{
+		{"add_user", user, pass},
+		{"set_permissions", "-p", "/", user, "^" + prefix, "^" + prefix, "^" + prefix},
+	} {
+		if _, err := tb.ctl(time.Minute, "rabbitmqctl", append([]string{"-q"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin := dial(t, tb.config())
+	other := names.WorkQueue(site + "x")
+	if err := admin.Declare(ctx, other, connector.Shared); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := tb.config()
+	cfg.URL = fmt.Sprintf("amqp://%s@127.0.0.1:%d/", user, tb.amqpPort)
+	cfg.Password = []byte(pass)
+	cfg.DeadLetter = true
+	c := dial(t, cfg)
+	own := names.WorkQueue(site)
+	if err := c.Declare(ctx, own, connector.Shared); err != nil {
+		t.Fatalf("declare its own queue: %v", err)
+	}
+	if err := c.Publish(ctx, own, []byte("mine"), time.Minute); err != nil {
+		t.Fatalf("publish to its own queue: %v", err)
+	}
+	if err := c.Publish(ctx, names.ResultQueue(site), []byte("mine"), time.Minute); err != nil {
+		t.Fatalf("publish to its own undeclared queue: %v", err)
+	}
+	got := make(chan string, 1)
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, own, 1, func(_ context.Context, d connector.Delivery) { got <- string(d.Body()); _ = d.Ack() })
+	}()
+	if s := <-got; s != "mine" {
+		t.Fatalf("got %q", s)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	for name, op := range map[string]func() error{
+		"declare":            func() error { return c.Declare(ctx, other, connector.Shared) },
+		"publish":            func() error { return c.Publish(ctx, other, []byte("theirs"), time.Minute) },
+		"publish undeclared": func() error { return c.Publish(ctx, names.RequestQueue(site+"x"), []byte("theirs"), time.Minute) },
+		"consume": func() error {
+			return c.Consume(ctx, other, 1, func(_ context.Context, d connector.Delivery) { _ = d.Ack() })
+		},
+	} {
+		if err := op(); !errors.Is(err, connector.ErrForbidden) {
+			t.Errorf("%s another site's queue: %v, want ErrForbidden", name, err)
+		}
+	}
+	if err := c.Publish(ctx, own, []byte("still works"), time.Minute); err != nil {
+		t.Fatalf("publish after refusals: %v", err)
 	}
 }

@@ -55,9 +55,12 @@ func (c *Conn) Consume(ctx context.Context, queue string, prefetch int, handle f
 		if hctx.Err() != nil {
 			return c.consumeEnd(ctx, queue, err)
 		}
-		if s.ac.IsClosed() {
+		if s.goneWithin(hctx) {
 			stale = s // the supervisor reconnects; subscribe again then
 			continue
+		}
+		if hctx.Err() != nil {
+			return c.consumeEnd(ctx, queue, err)
 		}
 		var ae *amqp091.Error
 		if errors.Is(err, connector.ErrForbidden) || (errors.As(err, &ae) && ae.Code == amqp091.PreconditionFailed) {
@@ -95,7 +98,7 @@ func (c *Conn) consumeEnd(ctx context.Context, queue string, err error) error {
 // subscription ends (an error; its handlers are left to finish, tracked
 // by handlers).
 func (c *Conn) consumeOn(ctx context.Context, s *session, queue string, prefetch int, slots chan struct{}, handlers *sync.WaitGroup, handle func(context.Context, connector.Delivery)) error {
-	if err := s.ensure(queue); err != nil {
+	if err := s.ensure(ctx, queue); err != nil {
 		return err
 	}
 	ch, err := s.ac.Channel()

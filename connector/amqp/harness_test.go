@@ -246,14 +246,6 @@ func (b *broker) stop() error {
 	return err
 }
 
-// restart stops the node and starts it again on the same data.
-func (b *broker) restart() error {
-	if err := b.stop(); err != nil {
-		return err
-	}
-	return b.start()
-}
-
 // shutdown stops the node and epmd and removes the data.
 func (b *broker) shutdown() error {
 	err := b.stop()
@@ -333,10 +325,16 @@ type memory struct {
 	Erlang, RSS int64
 }
 
+// memory asks the node; a node too busy to answer in 30 s is measured
+// from outside (RSS only; Erlang -1).
 func (b *broker) memory() (memory, error) {
-	out, err := b.ctl(time.Minute, "rabbitmq-diagnostics", "-q", "status", "--formatter", "json")
+	out, err := b.ctl(30*time.Second, "rabbitmq-diagnostics", "-q", "status", "--formatter", "json")
 	if err != nil {
-		return memory{}, err
+		rss, perr := b.rss()
+		if perr != nil {
+			return memory{}, errors.Join(err, perr)
+		}
+		return memory{Erlang: -1, RSS: rss}, nil
 	}
 	var st struct {
 		Memory struct {
@@ -350,6 +348,25 @@ func (b *broker) memory() (memory, error) {
 		return memory{}, fmt.Errorf("status: %w", err)
 	}
 	return memory{Erlang: st.Memory.Total.Erlang, RSS: st.Memory.Total.RSS}, nil
+}
+
+// rss is the resident size of the node's VM, from /proc.
+func (b *broker) rss() (int64, error) {
+	pid, err := os.ReadFile(filepath.Join(b.dir, "rabbitmq.pid"))
+	if err != nil {
+		return 0, err
+	}
+	status, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "status")) // #nosec G304 -- our node's pid
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
 }
 
 // quietLog is the logger of Conns in tests: warnings and errors only.

@@ -16,12 +16,16 @@ import (
 // closeTimeout bounds closing a connection politely.
 const closeTimeout = 5 * time.Second
 
+// settleTime is how long an operation that failed on a channel waits to
+// see whether the connection went with it.
+const settleTime = time.Second
+
 // errGone means the channel that carried a publish went before its
 // confirm: whether the broker has the message is unknown.
 var errGone = errors.New("amqp: channel closed before the broker confirmed")
 
 // errReturned means the broker had no queue to route a message to (the
-// queue was deleted): it was returned, not stored.
+// queue or its exchange was deleted): it was returned, not stored.
 var errReturned = errors.New("amqp: no such queue: the broker returned the message")
 
 // Publish implements connector.Connector. The body is sent before Publish
@@ -51,17 +55,21 @@ func (c *Conn) Publish(ctx context.Context, queue string, body []byte, ttl time.
 		switch {
 		case err == nil, errors.Is(err, connector.ErrFull):
 			return err
+		case errors.Is(err, connector.ErrForbidden):
+			return fmt.Errorf("amqp: publish to %s: %w", queue, err)
 		case ctx.Err() != nil:
 			return fmt.Errorf("amqp: publish to %s: %w", queue, ctx.Err())
-		case s.ac.IsClosed():
+		case errors.Is(err, connector.ErrClosed):
+			return fmt.Errorf("amqp: publish to %s: %w", queue, err)
+		case errors.Is(err, errReturned):
+			s.forget(queue) // deleted behind our back: declare it again
+		case s.goneWithin(ctx):
 			// The connection went: wait for the next one and send again.
 			stale = s
 			sent = sent || errors.Is(err, errGone)
 			continue
-		case errors.Is(err, errReturned):
-			s.forget(queue) // deleted behind our back: declare it again
 		case errors.Is(err, errGone):
-			sent = true
+			sent = true // the channel went, the connection stays: try another
 		default:
 			return err
 		}
@@ -74,7 +82,7 @@ func (c *Conn) Publish(ctx context.Context, queue string, body []byte, ttl time.
 // publishOn publishes msg to queue over s and waits for the broker's
 // confirm.
 func (c *Conn) publishOn(ctx context.Context, s *session, queue string, msg amqp091.Publishing) error {
-	if err := s.ensure(queue); err != nil {
+	if err := s.ensure(ctx, queue); err != nil {
 		return err
 	}
 	p, err := s.publisher()
@@ -82,7 +90,7 @@ func (c *Conn) publishOn(ctx context.Context, s *session, queue string, msg amqp
 		return err
 	}
 	msg.MessageId = c.messageID()
-	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, msg)
+	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, queue, queue, true, false, msg)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -114,6 +122,26 @@ type publisher struct {
 	early    map[uint64]bool            // confirms that came before register: ack
 	returned map[string]bool            // message ids returned, until their confirm
 	gone     bool
+	goneErr  error // why: errGone, or connector.ErrForbidden
+}
+
+// goneError says why a publishing channel closed: amqp091 tells its
+// close listeners before it closes the confirm listeners, so the reason,
+// if any, is waiting. A refusal of the queue (403) is ErrForbidden: the
+// message was not taken; anything else is errGone.
+func goneError(closes <-chan *amqp091.Error) error {
+	select {
+	case e := <-closes:
+		switch {
+		case e == nil:
+		case e.Code == amqp091.AccessRefused:
+			return fmt.Errorf("%w (%s)", connector.ErrForbidden, e.Reason)
+		case e.Code == amqp091.NotFound: // the queue's exchange was deleted
+			return fmt.Errorf("%w (%s)", errReturned, e.Reason)
+		}
+	default:
+	}
+	return errGone
 }
 
 type pendingPublish struct {
@@ -146,10 +174,11 @@ func newPublisher(s *session) (*publisher, error) {
 	// the tracker only ever holds p.mu briefly, and the buffers are deep.
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
 	returns := ch.NotifyReturn(make(chan amqp091.Return, 64))
+	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		p.track(confirms, returns)
+		p.track(confirms, returns, closes)
 	}()
 	return p, nil
 }
@@ -172,7 +201,7 @@ func (p *publisher) register(tag uint64, id string) *pendingPublish {
 		return pd
 	}
 	if p.gone {
-		pd.settle(errGone)
+		pd.settle(p.goneErr)
 		return pd
 	}
 	p.pending[tag] = pd
@@ -195,7 +224,7 @@ func (p *publisher) outcome(id string, ack bool) error {
 
 // track settles pending publishes as their confirms come, until the
 // channel closes.
-func (p *publisher) track(confirms <-chan amqp091.Confirmation, returns <-chan amqp091.Return) {
+func (p *publisher) track(confirms <-chan amqp091.Confirmation, returns <-chan amqp091.Return, closes <-chan *amqp091.Error) {
 	for {
 		select {
 		case r, ok := <-returns:
@@ -210,9 +239,10 @@ func (p *publisher) track(confirms <-chan amqp091.Confirmation, returns <-chan a
 			p.mu.Lock()
 			if !ok {
 				p.gone = true
+				p.goneErr = goneError(closes)
 				for tag, pd := range p.pending {
 					delete(p.pending, tag)
-					pd.settle(errGone)
+					pd.settle(p.goneErr)
 				}
 				p.mu.Unlock()
 				return

@@ -1,6 +1,7 @@
 package amqp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -19,28 +20,59 @@ import (
 type session struct {
 	c    *Conn
 	ac   *amqp091.Connection
-	lost chan *amqp091.Error // receives (or closes) when ac goes
+	lost chan *amqp091.Error // receives (or closes) when ac goes: the supervisor's
+	dead chan struct{}       // closed when ac goes: everyone else's
 
-	declMu   sync.Mutex
-	declCh   *amqp091.Channel // nil until needed, or after an error closed it
-	declared map[string]bool
+	// declSem (one slot) serialises declarations and owns declCh. It is
+	// a channel, not a mutex, so that waiting for it honours a context.
+	declSem chan struct{}
+	declCh  *amqp091.Channel // nil until needed, or after an error closed it
+
+	mu       sync.Mutex
+	declared map[string]bool // queues ready on this connection
 
 	pubMu sync.Mutex
 	pubs  []*publisher // nil entries are opened on demand
 	next  uint64       // round robin over pubs; under pubMu
 
 	closeOnce sync.Once
-	wg        sync.WaitGroup // the publishers' confirm trackers
+	wg        sync.WaitGroup // the publishers' confirm trackers, declarations under way
 }
 
 func newSession(c *Conn, ac *amqp091.Connection) *session {
-	return &session{
+	s := &session{
 		c:        c,
 		ac:       ac,
 		lost:     ac.NotifyClose(make(chan *amqp091.Error, 1)),
+		dead:     make(chan struct{}),
+		declSem:  make(chan struct{}, 1),
 		declared: map[string]bool{},
 		pubs:     make([]*publisher, c.cfg.PublishChannels),
 	}
+	closed := ac.NotifyClose(make(chan *amqp091.Error, 1))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for range closed { // amqp091 closes it after the last error
+		}
+		close(s.dead)
+	}()
+	return s
+}
+
+// goneWithin reports whether the connection is lost, waiting up to
+// settleTime (or ctx) for it: an error on a channel often comes just
+// before amqp091 notices that the whole connection went.
+func (s *session) goneWithin(ctx context.Context) bool {
+	t := time.NewTimer(settleTime)
+	defer t.Stop()
+	select {
+	case <-s.dead:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return s.ac.IsClosed()
 }
 
 // close closes the connection (if it is still open) and waits for the
@@ -52,7 +84,37 @@ func (s *session) close() {
 	})
 }
 
-// declChannel returns the channel for declarations; callers hold declMu.
+// declaring runs f, which may use declCh, alone among declarations. The
+// broker's answers have no context: f runs in a goroutine of the session
+// (ended at the latest when the connection closes), and declaring returns
+// when ctx ends even if f has not.
+func (s *session) declaring(ctx context.Context, f func() error) error {
+	select {
+	case s.declSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.c.ctx.Done():
+		return connector.ErrClosed
+	}
+	done := make(chan error, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.declSem }()
+		done <- f()
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.c.ctx.Done():
+		return connector.ErrClosed
+	}
+}
+
+// declChannel returns the channel for declarations; callers run under
+// declaring.
 func (s *session) declChannel() (*amqp091.Channel, error) {
 	if s.declCh != nil && !s.declCh.IsClosed() {
 		return s.declCh, nil
@@ -63,6 +125,26 @@ func (s *session) declChannel() (*amqp091.Channel, error) {
 	}
 	s.declCh = ch
 	return ch, nil
+}
+
+func (s *session) isDeclared(queue string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.declared[queue]
+}
+
+func (s *session) markDeclared(queue string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.declared[queue] = true
+}
+
+// forget makes the next use of queue on this session declare it again
+// (it was deleted behind our back).
+func (s *session) forget(queue string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.declared, queue)
 }
 
 // implicitKind is how a queue first met in Publish or Consume is
@@ -77,44 +159,50 @@ func implicitKind(queue string) connector.QueueKind {
 // ensure makes sure queue exists before it is used on this session: as
 // Declare declared it, or else as it already is on the broker, or else
 // declared as implicitKind says.
-func (s *session) ensure(queue string) error {
-	s.declMu.Lock()
-	defer s.declMu.Unlock()
-	if s.declared[queue] {
+func (s *session) ensure(ctx context.Context, queue string) error {
+	if s.isDeclared(queue) {
 		return nil
 	}
-	if kind, ok := s.c.kind(queue); ok {
-		if err := s.declareOrAccept(queue, kind); err != nil {
+	return s.declaring(ctx, func() error {
+		if s.isDeclared(queue) {
+			return nil
+		}
+		if kind, ok := s.c.kind(queue); ok {
+			if err := s.declareOrAccept(queue, kind); err != nil {
+				return err
+			}
+			s.markDeclared(queue)
+			return nil
+		}
+		ch, err := s.declChannel()
+		if err != nil {
 			return err
 		}
-		s.declared[queue] = true
+		_, err = ch.QueueDeclarePassive(queue, false, false, false, false, nil)
+		var ae *amqp091.Error
+		switch {
+		case err == nil:
+			// It exists: make sure of its exchange and binding too
+			// (both idempotent).
+			if err := s.exchangeLocked(queue, implicitKind(queue)); err != nil {
+				return err
+			}
+			if ch, err = s.declChannel(); err != nil {
+				return err
+			}
+			if err := ch.QueueBind(queue, queue, queue, false, nil); err != nil {
+				return queueError("bind", queue, err)
+			}
+		case errors.As(err, &ae) && ae.Code == amqp091.NotFound:
+			if err := s.declareLocked(queue, implicitKind(queue)); err != nil {
+				return err
+			}
+		default:
+			return queueError("look up", queue, err)
+		}
+		s.markDeclared(queue)
 		return nil
-	}
-	ch, err := s.declChannel()
-	if err != nil {
-		return err
-	}
-	_, err = ch.QueueDeclarePassive(queue, false, false, false, false, nil)
-	var ae *amqp091.Error
-	switch {
-	case err == nil:
-	case errors.As(err, &ae) && ae.Code == amqp091.NotFound:
-		if err := s.declareLocked(queue, implicitKind(queue)); err != nil {
-			return err
-		}
-	default:
-		return queueError("look up", queue, err)
-	}
-	s.declared[queue] = true
-	return nil
-}
-
-// forget makes the next use of queue on this session declare it again
-// (it was deleted behind our back).
-func (s *session) forget(queue string) {
-	s.declMu.Lock()
-	defer s.declMu.Unlock()
-	delete(s.declared, queue)
+	})
 }
 
 // declare declares queue as kind on this session. A queue that exists
@@ -122,18 +210,18 @@ func (s *session) forget(queue string) {
 // of a site (vault or engine) may run with other settings, and refusing
 // the queue would stop the site. RabbitMQ policies change the bounds of
 // existing queues.
-func (s *session) declare(queue string, kind connector.QueueKind) error {
-	s.declMu.Lock()
-	defer s.declMu.Unlock()
-	if err := s.declareOrAccept(queue, kind); err != nil {
-		return err
-	}
-	s.declared[queue] = true
-	return nil
+func (s *session) declare(ctx context.Context, queue string, kind connector.QueueKind) error {
+	return s.declaring(ctx, func() error {
+		if err := s.declareOrAccept(queue, kind); err != nil {
+			return err
+		}
+		s.markDeclared(queue)
+		return nil
+	})
 }
 
 // declareOrAccept declares queue, or accepts it as it is if it exists
-// with other arguments; callers hold declMu.
+// with other arguments; callers run under declaring.
 func (s *session) declareOrAccept(queue string, kind connector.QueueKind) error {
 	err := s.declareLocked(queue, kind)
 	var ae *amqp091.Error
@@ -173,7 +261,7 @@ func queueArgs(cfg Config, queue string, kind connector.QueueKind) (durable bool
 		"x-overflow":   "reject-publish",
 	}
 	if cfg.DeadLetter {
-		args["x-dead-letter-exchange"] = "" // the default exchange: routes by queue name
+		args["x-dead-letter-exchange"] = queue // its own exchange, which the dead-letter queue is bound to
 		args["x-dead-letter-routing-key"] = queue + DeadLetterSuffix
 	}
 	return true, args
@@ -188,9 +276,20 @@ func deadLetterArgs(cfg Config) amqp091.Table {
 	}
 }
 
-// declareLocked declares queue (and its dead-letter queue); callers hold
-// declMu.
+// declareLocked declares queue, its exchange and binding, and its
+// dead-letter queue; callers run under declaring.
+//
+// Every queue has a direct exchange of the same name, bound to it by the
+// queue's name, which is what Publish sends to (and dead-lettering goes
+// through): RabbitMQ checks a publisher's write permission on the
+// exchange only, so with the default exchange any user could write to
+// any queue; this way one name prefix per site (names.QueuePrefix)
+// covers all its permissions. A Private queue's exchange is auto-deleted
+// with its queue.
 func (s *session) declareLocked(queue string, kind connector.QueueKind) error {
+	if err := s.exchangeLocked(queue, kind); err != nil {
+		return err
+	}
 	ch, err := s.declChannel()
 	if err != nil {
 		return err
@@ -201,9 +300,37 @@ func (s *session) declareLocked(queue string, kind connector.QueueKind) error {
 		if _, err := ch.QueueDeclare(dead, true, false, false, false, deadLetterArgs(s.c.cfg)); err != nil {
 			return queueError("declare", dead, err)
 		}
+		if err := ch.QueueBind(dead, dead, queue, false, nil); err != nil {
+			return queueError("bind", dead, err)
+		}
 	}
 	if _, err := ch.QueueDeclare(queue, durable, false, false, false, args); err != nil {
 		return queueError("declare", queue, err)
+	}
+	if err := ch.QueueBind(queue, queue, queue, false, nil); err != nil {
+		return queueError("bind", queue, err)
+	}
+	return nil
+}
+
+// exchangeLocked declares queue's exchange (see declareLocked); one that
+// exists already is used as it is. Callers run under declaring.
+func (s *session) exchangeLocked(queue string, kind connector.QueueKind) error {
+	ch, err := s.declChannel()
+	if err != nil {
+		return err
+	}
+	durable, autoDelete := kind == connector.Shared, kind == connector.Private
+	err = ch.ExchangeDeclare(queue, amqp091.ExchangeDirect, durable, autoDelete, false, false, nil)
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && ae.Code == amqp091.PreconditionFailed {
+		if ch, err = s.declChannel(); err != nil {
+			return err
+		}
+		err = ch.ExchangeDeclarePassive(queue, amqp091.ExchangeDirect, false, false, false, false, nil)
+	}
+	if err != nil {
+		return queueError("declare the exchange of", queue, err)
 	}
 	return nil
 }
