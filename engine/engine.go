@@ -6,8 +6,11 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,6 +114,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	applied  *enroll.EngineConfig // the configuration in force
+	connID   []byte               // SHA-256 over the connector's kind, URL and secret
 	conn     connector.Connector
 	connStop context.CancelFunc
 	connWG   sync.WaitGroup
@@ -403,14 +407,28 @@ func (e *Engine) apply(ctx context.Context, cfg *enroll.EngineConfig) error {
 		}
 		siteKeys[wk.Version] = k
 	}
+	var secret []byte
+	if len(cfg.Connector.Secret) > 0 {
+		if secret, err = e.unwrap(enroll.ConnectorSecretLabel(e.cfg.Site), cfg.Connector.Secret); err != nil {
+			return fmt.Errorf("connector secret: %w", err)
+		}
+	}
+	defer clear(secret)
+	// The secret comes wrapped afresh at every pull; what identifies the
+	// connector is its kind, its URL and the secret itself.
+	conn := sha256.New()
+	for _, f := range [][]byte{[]byte(cfg.Connector.Kind), []byte(cfg.Connector.URL), secret} {
+		conn.Write(binary.BigEndian.AppendUint32(nil, uint32(len(f)))) // #nosec G115 -- short fields
+		conn.Write(f)
+	}
+	connID := conn.Sum(nil)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	old := e.applied
-	if e.conn == nil || old == nil || old.Connector.Kind != cfg.Connector.Kind || old.Connector.URL != cfg.Connector.URL ||
-		!bytes.Equal(old.Connector.Secret, cfg.Connector.Secret) {
-		if err := e.connectLocked(ctx, cfg, Key{Bytes: engineKey, Version: cfg.EngineKey.Version}); err != nil {
+	if e.conn == nil || subtle.ConstantTimeCompare(e.connID, connID) != 1 {
+		if err := e.connectLocked(ctx, cfg, secret, Key{Bytes: engineKey, Version: cfg.EngineKey.Version}); err != nil {
 			return err
 		}
+		e.connID = connID
 	}
 	e.creds.SetKey(Key{Bytes: engineKey, Version: cfg.EngineKey.Version})
 	e.work.setSiteKeys(siteKeys)
@@ -425,16 +443,7 @@ func (e *Engine) apply(ctx context.Context, cfg *enroll.EngineConfig) error {
 
 // connectLocked dials the site connector the configuration names and
 // moves the engine's consumers to it; callers hold e.mu.
-func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, key Key) error {
-	var secret []byte
-	if len(cfg.Connector.Secret) > 0 {
-		s, err := e.unwrap(enroll.ConnectorSecretLabel(e.cfg.Site), cfg.Connector.Secret)
-		if err != nil {
-			return fmt.Errorf("connector secret: %w", err)
-		}
-		secret = s
-	}
-	defer clear(secret)
+func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, secret []byte, key Key) error {
 	// Bounded: a connector that cannot be reached now is tried again at
 	// the next pull, and Shutdown does not wait behind it.
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)

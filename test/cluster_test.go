@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -51,6 +53,7 @@ type engineProc struct {
 	Site, Data, Name string
 	ID, Fingerprint  string
 	SSHPort          int
+	MetricsPort      int
 	// gw runs ssh through this engine (and ctl against the vault).
 	gw *gateway
 }
@@ -78,7 +81,7 @@ func startCluster(t *testing.T, extra ...string) *cluster {
 		"--api-addr", "127.0.0.1:" + strconv.Itoa(c.apiPort),
 		"--connector-addr", "127.0.0.1:" + strconv.Itoa(c.connPort)}, extra...)
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("SPT_E2E_DUMP") != "" {
 			c.dumpLogs(t)
 		}
 		for _, p := range c.finalChecks() {
@@ -163,6 +166,11 @@ func (c *cluster) StartEngine(t testing.TB, site string, extra ...string) *engin
 	if e.SSHPort, err = freePort(); err != nil {
 		t.Fatal(err)
 	}
+	for e.MetricsPort == 0 || e.MetricsPort == e.SSHPort {
+		if e.MetricsPort, err = freePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c.runEngine(t, e, extra...)
 	return e
 }
@@ -172,7 +180,8 @@ func (c *cluster) runEngine(t testing.TB, e *engineProc, extra ...string) {
 	t.Helper()
 	args := append([]string{"engine", "--vault", "https://127.0.0.1:" + strconv.Itoa(c.apiPort),
 		"--ca-file", filepath.Join(c.vaultData, "api.crt"), "--site", e.Site, "--name", e.Name,
-		"--data", e.Data, "--ssh-addr", "127.0.0.1:" + strconv.Itoa(e.SSHPort), "--poll", "1s"}, extra...)
+		"--data", e.Data, "--ssh-addr", "127.0.0.1:" + strconv.Itoa(e.SSHPort), "--poll", "1s",
+		"--metrics-addr", "127.0.0.1:" + strconv.Itoa(e.MetricsPort)}, extra...)
 	p, err := startProc("sallyport engine "+e.Name, c.bin, e.Data+".log", engineReady, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +301,11 @@ func (c *cluster) dumpLogs(t testing.TB) {
 		procs = append(procs, c.vault)
 	}
 	for _, p := range procs {
-		t.Logf("--- %s (%s):\n%s", p.name, p.logPath, p.LogTail(40))
+		n := 40
+		if os.Getenv("SPT_E2E_DUMP") != "" {
+			n = 400
+		}
+		t.Logf("--- %s (%s):\n%s", p.name, p.logPath, p.LogTail(n))
 	}
 }
 
@@ -351,4 +364,45 @@ func pinHostKey(pubPath string, port int, knownHosts string) (string, error) {
 		return "", err
 	}
 	return knownHosts, nil
+}
+
+// Metric scrapes e's /metrics and sums the samples of name whose labels
+// include every label="value" pair given.
+func (e *engineProc) Metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	return scrapeMetric(t, "http://127.0.0.1:"+strconv.Itoa(e.MetricsPort)+"/metrics", name, labels...)
+}
+
+func scrapeMetric(t testing.TB, url, name string, labels ...string) float64 {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: HTTP %d, %v", url, resp.StatusCode, err)
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
 }

@@ -40,6 +40,14 @@ type gateway struct {
 	transcripts []string // every ctl and client output, for the leak scan
 	gwPasswords []string // gateway users' passwords, for the leak scan
 	notLimited  []string // sources whose logins must not have been rate limited
+	moreNeedles []needle // other secrets the leak scan looks for
+}
+
+// AddNeedle adds a secret the end-of-run leak scan looks for.
+func (g *gateway) AddNeedle(what string, secret []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.moreNeedles = append(g.moreNeedles, secretNeedles(what, secret)...)
 }
 
 // gatewayUser is a local gateway user and what it logs in with.

@@ -165,6 +165,7 @@ func (g *gateway) needles(target *sshdTarget, extra ...needle) ([]needle, []stri
 	for _, p := range g.gwPasswords {
 		needles = append(needles, needle{"a gateway user's password", []byte(p)})
 	}
+	needles = append(needles, g.moreNeedles...)
 	return needles, problems
 }
 

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/rabbitmqtest"
 )
 
 // env is the suite's shared state: one binary, one sshd, one gateway.
@@ -66,6 +68,10 @@ type suite struct {
 
 	askpassOnce sync.Once
 	askpassFile string
+
+	rabbitOnce sync.Once
+	rabbit     *rabbitmqtest.Broker
+	rabbitErr  error
 }
 
 // benchmarksRequested reports whether -test.bench selects benchmarks: they
@@ -146,6 +152,16 @@ func (s *suite) Target(t testing.TB) *sshdTarget {
 	return s.target
 }
 
+// Rabbit returns the suite's RabbitMQ node, starting it on first use.
+func (s *suite) Rabbit(t testing.TB) *rabbitmqtest.Broker {
+	t.Helper()
+	s.rabbitOnce.Do(func() { s.rabbit, s.rabbitErr = rabbitmqtest.Start() })
+	if s.rabbitErr != nil {
+		t.Fatalf("RabbitMQ: %v", s.rabbitErr)
+	}
+	return s.rabbit
+}
+
 // Gateway returns the shared running `sallyport dev` (with gateway user
 // alice), starting it and the target on first use. It fails the test when
 // the binary did not build or the gateway has died.
@@ -193,6 +209,11 @@ func (s *suite) finish() []string {
 	}
 	if s.door != nil {
 		problems = append(problems, s.door.finalChecks(s.target)...)
+	}
+	if s.rabbit != nil {
+		if err := s.rabbit.Shutdown(); err != nil {
+			problems = append(problems, fmt.Sprintf("stopping RabbitMQ: %v", err))
+		}
 	}
 	if s.target != nil {
 		if err := s.target.Close(); err != nil {
