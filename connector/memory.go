@@ -327,6 +327,15 @@ func (s *MemorySession) Consume(ctx context.Context, queue string, prefetch int,
 	return err
 }
 
+// QueueDepth returns how many messages wait on queue (0 for a queue that
+// does not exist).
+func (s *MemorySession) QueueDepth(_ context.Context, queue string) (int, error) {
+	if s.closed() {
+		return 0, ErrClosed
+	}
+	return s.m.Depth(queue), nil
+}
+
 // Close implements Connector: it ends this session's consumers only.
 func (s *MemorySession) Close() error {
 	s.once.Do(func() { close(s.done) })

@@ -385,8 +385,30 @@ func scrapeMetric(t testing.TB, url, name string, labels ...string) float64 {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("scrape %s: HTTP %d, %v", url, resp.StatusCode, err)
 	}
+	return sumSamples(t, string(body), name, labels...)
+}
+
+// VaultMetric scrapes the vault's /metrics (admin token) and sums the
+// samples of name whose labels include every pair given.
+func (c *cluster) VaultMetric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	text, err := c.admin.metricsTextClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sumSamples(t, body, name, labels...)
+}
+
+// sumSamples sums the samples of name in a Prometheus text page whose
+// labels include every label="value" pair given.
+func sumSamples(t testing.TB, page, name string, labels ...string) float64 {
+	t.Helper()
 	sum := 0.0
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(page, "\n") {
 		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}

@@ -62,6 +62,9 @@ func TestDistributedRabbitMQ(t *testing.T) {
 		answered := east.Metric(t, "sallyport_engine_items_total", `kind="ping"`, `outcome="ok"`)
 		pinged := make(chan result, 1)
 		go func() { _, r := c.ping("west"); pinged <- r }()
+		waitFor(t, "the vault's gauge of west's work queue", func() bool {
+			return c.VaultMetric(t, "sallyport_vault_queue_depth", `site="west"`, `queue="work"`) == 1
+		})
 		item := stealOne(t, rb.Dial, "sallyport.west.work")
 		relabelled := bytes.Replace(item, []byte("\x04west"), []byte("\x04east"), 1)
 		if bytes.Equal(relabelled, item) {
@@ -254,6 +257,18 @@ func waitMetric(t *testing.T, e *engineProc, name string, want float64, labels .
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s%v is %v, want %v; engine log:\n%s", name, labels, got, want, e.LogTail(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitFor polls cond (bounded) and fails the test if it never holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30 s", what)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -25,6 +25,10 @@ func TestDistributedBuiltin(t *testing.T) {
 		if _, r := c.Ping(t, "dc-east"); r.Code == 0 {
 			t.Fatalf("a ping of a site whose only engine is pending was answered:\n%s", r)
 		}
+		// The ping waits on the site's queue, where nobody takes it.
+		if n := c.VaultMetric(t, "sallyport_vault_queue_depth", `site="dc-east"`, `queue="work"`); n != 1 {
+			t.Fatalf("the vault's gauge of dc-east's work queue is %v, want 1", n)
+		}
 		if strings.Contains(string(e.Log()), engineReady) {
 			t.Fatalf("a pending engine serves:\n%s", e.LogTail(20))
 		}

@@ -146,7 +146,7 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(d.items, d.pingRTT, newEngineCollector(v))
+		cfg.Registry.MustRegister(d.items, d.pingRTT, newEngineCollector(v), newQueueCollector(d))
 	}
 	api := NewAPI(v, cfg.TokenSHA256, cfg.Metrics, cfg.Log,
 		WithRevokeHook(d.revoked), WithBuiltinURL(d.builtinURL), WithPinger(d.Ping), WithSitesChanged(d.SyncSites))

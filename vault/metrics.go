@@ -5,6 +5,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/names"
 )
 
 // engineCollector reports engines per site and state, and each engine's
@@ -46,5 +49,55 @@ func (c *engineCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.count, prometheus.GaugeValue, float64(n), k[0], k[1])
+	}
+}
+
+// queueDepther is a connector that can tell how many messages wait on a
+// queue (connector.MemorySession, connector/amqp.Conn).
+type queueDepther interface {
+	QueueDepth(ctx context.Context, queue string) (int, error)
+}
+
+// queueCollector reports the depth of each served site's shared queues,
+// asked of the connector at scrape time.
+type queueCollector struct {
+	d     *Daemon
+	depth *prometheus.Desc
+}
+
+func newQueueCollector(d *Daemon) prometheus.Collector {
+	return &queueCollector{d: d, depth: prometheus.NewDesc("sallyport_vault_queue_depth",
+		"Messages waiting on each site's queues (requests from engines, work for them, their results).",
+		[]string{"site", "queue"}, nil)}
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.depth }
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	// One bound for the whole scrape: a slow broker costs the scrape
+	// some series, never a stuck scraper.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.d.sitesMu.Lock()
+	conns := make(map[string]connector.Connector, len(c.d.sites))
+	for site, s := range c.d.sites {
+		conns[site] = s.conn
+	}
+	c.d.sitesMu.Unlock()
+	for site, conn := range conns {
+		qd, ok := conn.(queueDepther)
+		if !ok {
+			continue
+		}
+		for kind, queue := range map[string]string{
+			"requests": names.RequestQueue(site), "work": names.WorkQueue(site), "results": names.ResultQueue(site),
+		} {
+			if ctx.Err() != nil {
+				return
+			}
+			if n, err := qd.QueueDepth(ctx, queue); err == nil {
+				ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(n), site, kind)
+			}
+		}
 	}
 }
