@@ -25,7 +25,7 @@ func gatewayAuth(c *config.File, local gw.LocalUsers, reg prometheus.Registerer,
 		return nil, nil, err
 	}
 	rlog := log.With("component", "radius")
-	rcfg.Observe = gw.RADIUSMetrics(reg)
+	rcfg.Observe = radius.Metrics(reg)
 	client, err := radius.New(rcfg, rlog)
 	config.WipeRADIUS(&rcfg) // the client keeps its own copy
 	if err != nil {
@@ -37,7 +37,7 @@ func gatewayAuth(c *config.File, local gw.LocalUsers, reg prometheus.Registerer,
 		closeFn()
 		return nil, nil, fmt.Errorf("radius: %w", err)
 	}
-	network := gw.RADIUSAuth{RADIUS: ra, Log: rlog}
+	network := radius.GatewayAuth{RADIUS: ra, Log: rlog}
 	addrs := make([]string, len(c.RADIUS.Servers))
 	for i, s := range c.RADIUS.Servers {
 		addrs[i] = s.Address

@@ -1,8 +1,6 @@
 package ssh
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -97,20 +95,5 @@ func (m *Metrics) relayed(up bool, n int) {
 		m.bytesUp.Add(float64(n))
 	} else {
 		m.bytesDown.Add(float64(n))
-	}
-}
-
-// RADIUSMetrics returns a function for radius.Config.Observe that records
-// every RADIUS request, by server and outcome, in the histogram
-// sallyport_radius_request_duration_seconds registered with reg.
-func RADIUSMetrics(reg prometheus.Registerer) func(server, result string, d time.Duration) {
-	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "sallyport_radius_request_duration_seconds",
-		Help:    "RADIUS requests by server and outcome (accept, reject, challenge, no_answer, canceled, error), and how long each server took.",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"server", "result"})
-	reg.MustRegister(h)
-	return func(server, result string, d time.Duration) {
-		h.WithLabelValues(server, result).Observe(d.Seconds())
 	}
 }

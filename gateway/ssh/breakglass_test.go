@@ -3,13 +3,9 @@ package ssh
 import (
 	"context"
 	"errors"
-	"net"
-	"net/netip"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/sallyport/sallyport/radius"
 )
 
 // recordAuth records whether it was asked and answers with id or err.
@@ -52,37 +48,6 @@ func TestBreakGlassRouting(t *testing.T) {
 	netCalled = false
 	if _, err := a.Authenticate(ctx, Login{User: "BreakGlass"}, nil); err != nil || !netCalled || localCalled {
 		t.Fatalf("a differently cased name must go to the network: %v", err)
-	}
-}
-
-func TestRADIUSAuthUnavailable(t *testing.T) {
-	// A bound socket that never answers.
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	c, err := radius.New(radius.Config{
-		Servers:       []radius.Server{{Addr: pc.LocalAddr().String(), Secret: []byte("s3cret")}},
-		Timeout:       100 * time.Millisecond,
-		NASIdentifier: "test",
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ra, err := radius.NewAuthenticator(c, radius.AuthConfig{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := RADIUSAuth{RADIUS: ra}
-	_, err = a.Authenticate(context.Background(), Login{User: "bob", Password: []byte("pw"), Source: netip.MustParseAddrPort("127.0.0.1:1")}, nil)
-	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrDenied) {
-		t.Fatalf("silent server: %v, want ErrUnavailable", err)
-	}
-	_, err = a.Authenticate(context.Background(), Login{User: "", Password: []byte("pw")}, nil)
-	if !errors.Is(err, ErrDenied) || errors.Is(err, ErrUnavailable) {
-		t.Fatalf("unusable user name: %v, want ErrDenied", err)
 	}
 }
 
@@ -133,19 +98,4 @@ func TestSlowAuthDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("got %q", o)
 	}
 	c.Close()
-}
-
-func TestPromptText(t *testing.T) {
-	for in, want := range map[string]string{
-		"Enter your one-time code": "Enter your one-time code: ",
-		"Code:":                    "Code: ",
-		"Code: ":                   "Code: ",
-		"Approve the push?  ":      "Approve the push? ",
-		"Line one\nLine two\n":     "Line one\nLine two\n",
-		"":                         "",
-	} {
-		if got := promptText(in); got != want {
-			t.Errorf("promptText(%q) = %q, want %q", in, got, want)
-		}
-	}
 }
