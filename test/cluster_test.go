@@ -54,6 +54,7 @@ type engineProc struct {
 	ID, Fingerprint  string
 	SSHPort          int
 	MetricsPort      int
+	extra            []string // more flags, kept for restarts
 	// gw runs ssh through this engine (and ctl against the vault).
 	gw *gateway
 }
@@ -61,7 +62,7 @@ type engineProc struct {
 // startCluster starts a vault under a fresh directory with user alice;
 // extra are more `sallyport vault` flags. The cluster is stopped and
 // checked for leaks, races and panics when the test ends.
-func startCluster(t *testing.T, extra ...string) *cluster {
+func startCluster(t testing.TB, extra ...string) *cluster {
 	t.Helper()
 	if env.buildErr != nil {
 		t.Fatalf("sallyport binary is missing: %v", env.buildErr)
@@ -171,17 +172,18 @@ func (c *cluster) StartEngine(t testing.TB, site string, extra ...string) *engin
 			t.Fatal(err)
 		}
 	}
-	c.runEngine(t, e, extra...)
+	e.extra = extra
+	c.runEngine(t, e)
 	return e
 }
 
 // runEngine starts e's process (again, after a stop, on the same data).
-func (c *cluster) runEngine(t testing.TB, e *engineProc, extra ...string) {
+func (c *cluster) runEngine(t testing.TB, e *engineProc) {
 	t.Helper()
 	args := append([]string{"engine", "--vault", "https://127.0.0.1:" + strconv.Itoa(c.apiPort),
 		"--ca-file", filepath.Join(c.vaultData, "api.crt"), "--site", e.Site, "--name", e.Name,
 		"--data", e.Data, "--ssh-addr", "127.0.0.1:" + strconv.Itoa(e.SSHPort), "--poll", "1s",
-		"--metrics-addr", "127.0.0.1:" + strconv.Itoa(e.MetricsPort)}, extra...)
+		"--metrics-addr", "127.0.0.1:" + strconv.Itoa(e.MetricsPort)}, e.extra...)
 	p, err := startProc("sallyport engine "+e.Name, c.bin, e.Data+".log", engineReady, args...)
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,9 +14,16 @@ import (
 // processes over the built-in connector: registration, approval, SSH
 // injection through the engine, site isolation and revocation.
 func TestDistributedBuiltin(t *testing.T) {
-	c := startCluster(t)
+	// Both daemons log JSON here (for a SIEM): the end-of-test leak scan
+	// reads that form too.
+	c := startCluster(t, "--log-format", "json")
 	c.Ctl(t, "site", "add", "dc-east")
-	e := c.StartEngine(t, "dc-east")
+	e := c.StartEngine(t, "dc-east", "--log-format", "json")
+	defer func() {
+		for _, p := range []*proc{c.vault, e.proc} {
+			checkJSONLog(t, p)
+		}
+	}()
 
 	t.Run("pending engine gets no work and no keys", func(t *testing.T) {
 		row, ok := c.Engines(t)[e.ID]
@@ -238,5 +246,22 @@ func waitPing(t *testing.T, c *cluster, site string) {
 			t.Fatalf("no engine of %s answered a ping for a minute:\n%s", site, r)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// checkJSONLog checks that every line p wrote is a JSON object, but for
+// the daemon's own plain lines ("sallyport …: ready …") and what the race
+// detector or the runtime print, which the end-of-test checks look for.
+func checkJSONLog(t *testing.T, p *proc) {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(string(p.Log())), "\n") {
+		if line == "" || strings.HasPrefix(line, "sallyport ") {
+			continue
+		}
+		var v map[string]any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Errorf("%s logged a line that is not JSON with --log-format json: %q", p.name, line)
+			return
+		}
 	}
 }
