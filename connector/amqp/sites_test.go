@@ -154,8 +154,9 @@ func BenchmarkSitesAtScale(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer func() {
+				// A node overwhelmed by queues may have to be killed.
 				if err := node.shutdown(); err != nil {
-					b.Error(err)
+					b.Logf("stopping the node: %v", err)
 				}
 			}()
 			total := 0
