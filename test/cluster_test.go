@@ -162,7 +162,7 @@ func (c *cluster) StartEngine(t testing.TB, site string, extra ...string) *engin
 	c.mu.Lock()
 	n := len(c.engines) + 1
 	c.mu.Unlock()
-	e := &engineProc{Site: site, Name: fmt.Sprintf("%s-%d", site, n), Data: filepath.Join(c.dir, fmt.Sprintf("engine-%d", n))}
+	e := &engineProc{Site: site, Name: fmt.Sprintf("%s-%d", site, n), Data: c.NextEngineData()}
 	var err error
 	if e.SSHPort, err = freePort(); err != nil {
 		t.Fatal(err)
@@ -175,6 +175,14 @@ func (c *cluster) StartEngine(t testing.TB, site string, extra ...string) *engin
 	e.extra = extra
 	c.runEngine(t, e)
 	return e
+}
+
+// NextEngineData is the data directory the next StartEngine uses (for
+// `sallyport keys init` before it).
+func (c *cluster) NextEngineData() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return filepath.Join(c.dir, fmt.Sprintf("engine-%d", len(c.engines)+1))
 }
 
 // runEngine starts e's process (again, after a stop, on the same data).

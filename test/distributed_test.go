@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -264,4 +265,76 @@ func checkJSONLog(t *testing.T, p *proc) {
 			return
 		}
 	}
+}
+
+// TestDistributedEngineHSM runs an engine whose identity key is in a
+// PKCS#11 token (SoftHSM2): it works and restarts from its saved
+// configuration, and a copy of its data directory without the token opens
+// nothing: the keys there are wrapped to the token's key.
+func TestDistributedEngineHSM(t *testing.T) {
+	h := newSoftHSM(t, "sallyport-engine")
+	cfg := h.config(t, tokenPIN, softHSMModule, "")
+	c := startCluster(t)
+	c.Ctl(t, "site", "add", "dc-hsm")
+	r := mustSallyport(t, "keys", "init", "--data", c.NextEngineData(), "--config", cfg)
+	if !strings.Contains(r.Stdout, "sallyport-engine: created in token") {
+		t.Fatalf("keys init did not create the engine's identity key:\n%s", r)
+	}
+	e := c.StartEngine(t, "dc-hsm", "--config", cfg)
+	c.Approve(t, e)
+	if _, err := os.Stat(filepath.Join(e.Data, "keystore.json")); err == nil {
+		t.Fatal("an engine configured with a token keeps a soft keystore")
+	}
+	secret := c.admin.Name("hsm")
+	c.admin.AddSecret(t, secretSpec{Name: secret, Allow: []string{c.Alice.Name}, Site: "dc-hsm"})
+	login := func(e *engineProc) result {
+		return e.gw.SSH(t, sshRun{Login: c.Alice.Name + "@" + secret, Answers: c.Alice.Answers(), Command: "id -un"})
+	}
+	if r := login(e); strings.TrimSpace(r.Stdout) != c.target.User {
+		t.Fatalf("through the HSM engine:\n%s", r)
+	}
+
+	// Restarted, it picks up its saved configuration with the token's key.
+	c.Restart(t, e)
+	c.WaitServing(t, e)
+	if r := login(e); strings.TrimSpace(r.Stdout) != c.target.User {
+		t.Fatalf("through the restarted HSM engine:\n%s", r)
+	}
+	if err := e.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A copy of the data directory, started without the token.
+	thief := &engineProc{Site: "dc-hsm", Name: "copy", Data: filepath.Join(t.TempDir(), "copy")}
+	if out, err := exec.Command("cp", "-a", e.Data, thief.Data).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(thief.Data, "engine-state.json")); err != nil {
+		t.Fatalf("the engine saved no configuration to copy: %v", err)
+	}
+	var err error
+	if thief.SSHPort, err = freePort(); err != nil {
+		t.Fatal(err)
+	}
+	if thief.MetricsPort, err = freePort(); err != nil {
+		t.Fatal(err)
+	}
+	c.runEngine(t, thief)
+	if thief.ID == e.ID {
+		t.Fatalf("a copy without the token came up as engine %s", e.ID)
+	}
+	if _, ok := thief.waitLine(func(l string) bool { return strings.Contains(l, "the saved configuration does not apply") }, time.Minute); !ok {
+		t.Fatalf("the copy did not refuse the saved configuration:\n%s", thief.LogTail(20))
+	}
+	if row := c.Engines(t)[thief.ID]; row.State != "pending" {
+		t.Fatalf("the copy registered as %+v, want a new pending engine", row)
+	}
+	if _, r := c.Ping(t, "dc-hsm"); r.Code == 0 {
+		t.Fatalf("with the real engine stopped, a ping was answered (by the copy?):\n%s", r)
+	}
+	if strings.Contains(string(thief.Log()), engineReady) {
+		t.Fatalf("the copy serves:\n%s", thief.LogTail(20))
+	}
+	c.runEngine(t, e) // back, for the end-of-test checks
+	c.WaitServing(t, e)
 }
