@@ -530,3 +530,47 @@ func TestPermissions(t *testing.T) {
 		t.Fatalf("publish after refusals: %v", err)
 	}
 }
+
+// TestBlockedPublish: a broker that blocks publishers (a memory alarm)
+// does not hold Publish past its context, and publishing resumes when
+// the alarm clears.
+func TestBlockedPublish(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var logs syncBuffer
+	cfg := tb.config()
+	cfg.Log = slogTo(&logs)
+	c := dial(t, cfg)
+	q := uniqueQueue(t)
+	if err := c.Publish(ctx, q, []byte("before"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.ctl(time.Minute, "rabbitmqctl", "-q", "set_vm_memory_high_watermark", "absolute", "1"); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() {
+		if _, err := tb.ctl(time.Minute, "rabbitmqctl", "-q", "set_vm_memory_high_watermark", "0.4"); err != nil {
+			t.Error(err)
+		}
+	}
+	defer restore()
+	for i := range 3 {
+		pctx, stop := context.WithTimeout(ctx, time.Second)
+		start := time.Now()
+		err := c.Publish(pctx, q, []byte("blocked"), time.Minute)
+		stop()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("publish %d while the broker blocks publishers: %v", i, err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("publish held %v past a 1 s context", d)
+		}
+	}
+	restore()
+	if err := c.Publish(ctx, q, []byte("after"), time.Minute); err != nil {
+		t.Fatalf("publish once the alarm cleared: %v", err)
+	}
+	if !strings.Contains(logs.String(), "amqp broker blocks publishing") {
+		t.Errorf("the block was not logged:\n%s", logs.String())
+	}
+}

@@ -58,7 +58,10 @@ func (c *Conn) Publish(ctx context.Context, queue string, body []byte, ttl time.
 		case errors.Is(err, connector.ErrForbidden):
 			return fmt.Errorf("amqp: publish to %s: %w", queue, err)
 		case ctx.Err() != nil:
-			return fmt.Errorf("amqp: publish to %s: %w", queue, ctx.Err())
+			if !errors.Is(err, ctx.Err()) {
+				err = ctx.Err()
+			}
+			return fmt.Errorf("amqp: publish to %s: %w", queue, err)
 		case errors.Is(err, connector.ErrClosed):
 			return fmt.Errorf("amqp: publish to %s: %w", queue, err)
 		case errors.Is(err, errReturned):
@@ -83,6 +86,9 @@ func (c *Conn) Publish(ctx context.Context, queue string, body []byte, ttl time.
 // confirm.
 func (c *Conn) publishOn(ctx context.Context, s *session, queue string, msg amqp091.Publishing) error {
 	if err := s.ensure(ctx, queue); err != nil {
+		return err
+	}
+	if err := s.waitUnblocked(ctx); err != nil {
 		return err
 	}
 	p, err := s.publisher()

@@ -35,8 +35,11 @@ type session struct {
 	pubs  []*publisher // nil entries are opened on demand
 	next  uint64       // round robin over pubs; under pubMu
 
+	blockMu   sync.Mutex
+	unblocked chan struct{} // closed while the broker takes publishes
+
 	closeOnce sync.Once
-	wg        sync.WaitGroup // the publishers' confirm trackers, declarations under way
+	wg        sync.WaitGroup // the publishers' confirm trackers, declarations under way, watchers
 }
 
 func newSession(c *Conn, ac *amqp091.Connection) *session {
@@ -49,15 +52,63 @@ func newSession(c *Conn, ac *amqp091.Connection) *session {
 		declared: map[string]bool{},
 		pubs:     make([]*publisher, c.cfg.PublishChannels),
 	}
+	s.unblocked = make(chan struct{})
+	close(s.unblocked)
 	closed := ac.NotifyClose(make(chan *amqp091.Error, 1))
-	s.wg.Add(1)
+	blocks := ac.NotifyBlocked(make(chan amqp091.Blocking, 4))
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		for range closed { // amqp091 closes it after the last error
 		}
 		close(s.dead)
 	}()
+	go func() {
+		defer s.wg.Done()
+		s.watchBlocks(blocks)
+	}()
 	return s
+}
+
+// watchBlocks follows connection.blocked and connection.unblocked: a
+// broker short of memory or disk stops reading from publishers, and a
+// publish sent then would hang in a write that no context can end, so
+// Publish waits before sending instead.
+func (s *session) watchBlocks(blocks <-chan amqp091.Blocking) {
+	for b := range blocks { // closed with the connection
+		s.blockMu.Lock()
+		select {
+		case <-s.unblocked:
+			if b.Active {
+				s.unblocked = make(chan struct{})
+				s.c.log.Warn("amqp broker blocks publishing", "broker", s.c.ep.addr, "reason", b.Reason)
+			}
+		default:
+			if !b.Active {
+				close(s.unblocked)
+				s.c.log.Info("amqp broker takes publishes again", "broker", s.c.ep.addr)
+			}
+		}
+		s.blockMu.Unlock()
+	}
+}
+
+// waitUnblocked waits until the broker takes publishes (or the connection
+// goes: the publish then fails and is retried on the next one).
+func (s *session) waitUnblocked(ctx context.Context) error {
+	s.blockMu.Lock()
+	unblocked := s.unblocked
+	s.blockMu.Unlock()
+	select {
+	case <-unblocked:
+		return nil
+	case <-s.dead:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("broker blocks publishing: %w", ctx.Err())
+	case <-s.c.ctx.Done():
+		return connector.ErrClosed
+	}
 }
 
 // goneWithin reports whether the connection is lost, waiting up to
