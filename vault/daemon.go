@@ -107,10 +107,16 @@ type siteServer struct {
 	conn      connector.Connector
 	cancel    context.CancelFunc
 	done      chan struct{}
-	// previous is the connector the site left, still drained until
-	// drainUntil, so that nothing queued there is lost.
-	previous   *siteServer
-	drainUntil time.Time
+	// draining are the connectors the site left, each still served
+	// until its own deadline, so that nothing queued there is lost (a
+	// second move within the grace must not cut the first one short).
+	draining []drainingServer
+}
+
+// drainingServer is a connector a site left, served until until.
+type drainingServer struct {
+	s     *siteServer
+	until time.Time
 }
 
 // sharedConn is one broker connection shared by the sites on it.
@@ -301,13 +307,21 @@ func (d *Daemon) syncSites(ctx context.Context) error {
 	}
 	d.sitesMu.Lock()
 	defer d.sitesMu.Unlock()
-	now := time.Now()
+	now := d.vault.now()
 	for _, s := range sites {
 		key := s.Connector + " " + s.ConnectorURL
 		cur := d.sites[s.Name]
-		if cur != nil && cur.previous != nil && now.After(cur.drainUntil) {
-			d.stopSite(cur.previous)
-			cur.previous = nil
+		if cur != nil {
+			kept := cur.draining[:0]
+			for _, old := range cur.draining {
+				if now.After(old.until) {
+					d.stopSite(old.s)
+					continue
+				}
+				kept = append(kept, old)
+			}
+			clear(cur.draining[len(kept):])
+			cur.draining = kept
 		}
 		if cur != nil && cur.connector == key {
 			continue
@@ -319,13 +333,11 @@ func (d *Daemon) syncSites(ctx context.Context) error {
 		}
 		next.connector = key
 		if cur != nil {
-			// Keep draining the old connector: items queued there are
-			// answered until they would have expired anyway.
-			if cur.previous != nil {
-				d.stopSite(cur.previous)
-			}
-			cur.previous = nil
-			next.previous, next.drainUntil = cur, now.Add(SiteKeyGrace)
+			// Keep draining the old connector, and those it was still
+			// draining: items queued there are answered until they would
+			// have expired anyway.
+			next.draining = append(cur.draining, drainingServer{s: cur, until: now.Add(SiteKeyGrace)})
+			cur.draining = nil
 			d.log.Info("site moved to another connector; draining the old one", "site", s.Name, "connector", s.Connector)
 		}
 		d.sites[s.Name] = next
@@ -393,10 +405,10 @@ func (d *Daemon) serveLoop(ctx context.Context, site, what string, run func(cont
 
 // stopSite stops a site's consumers and releases its connection.
 func (d *Daemon) stopSite(s *siteServer) {
-	if s.previous != nil {
-		d.stopSite(s.previous)
-		s.previous = nil
+	for _, old := range s.draining {
+		d.stopSite(old.s)
 	}
+	s.draining = nil
 	s.cancel()
 	<-s.done
 	d.amqpMu.Lock()
