@@ -221,3 +221,46 @@ func (r *replyCounter) wait(id string, d time.Duration) ([]byte, bool) {
 		}
 	}
 }
+
+// waitAll waits up to d until every id has arrived; it returns the ids
+// still missing.
+func (r *replyCounter) waitAll(ids []string, d time.Duration) []string {
+	deadline := time.After(d)
+	for {
+		r.mu.Lock()
+		var missing []string
+		for _, id := range ids {
+			if _, ok := r.byID[id]; !ok {
+				missing = append(missing, id)
+			}
+		}
+		next := r.arrived
+		r.mu.Unlock()
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-next:
+		case <-deadline:
+			return missing
+		}
+	}
+}
+
+// times returns how many times id arrived.
+func (r *replyCounter) times(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.count[id]
+}
+
+// total returns how many items arrived.
+func (r *replyCounter) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.count {
+		n += c
+	}
+	return n
+}
