@@ -91,8 +91,8 @@ const (
 	// DefaultQueueType is classic. On one node a quorum queue buys no
 	// safety, and on a 2-core node it does not scale to the sites a vault
 	// serves: measured (BenchmarkSitesAtScale), 10,000 sites of classic
-	// queues took under two minutes and about 115 KiB of broker memory
-	// per site, while quorum queues cost three to four times the memory
+	// queues took two and a half minutes and 110-125 KiB of broker memory
+	// per site, while quorum queues cost three to five times the memory
 	// per site and the node stalled (declarations timing out, CLI and
 	// heartbeats unanswered) near 6,000 sites. A quorum queue's length
 	// bound is also looser (see the package doc). Choose quorum for a
@@ -103,7 +103,7 @@ const (
 	// DefaultPrivateExpires is how long an unused Private queue lives.
 	DefaultPrivateExpires = 10 * time.Minute
 	// DefaultHeartbeat is the AMQP heartbeat interval: a silent broker is
-	// taken for dead after about twice this.
+	// taken for dead after one and a half times this.
 	DefaultHeartbeat = 10 * time.Second
 	// DefaultDialTimeout bounds one connection attempt: TCP, TLS and the
 	// AMQP handshake.
@@ -134,12 +134,12 @@ type Config struct {
 	// presented to the broker. ServerName defaults to the URL's host.
 	TLS *tls.Config
 	// QueueType is the type of Shared queues, QueueQuorum or QueueClassic
-	// (default DefaultQueueType). Changing it for existing queues needs
-	// them deleted (or migrated) first: the broker refuses to redeclare a
-	// queue as another type.
+	// (default DefaultQueueType). Existing queues keep their type (Declare
+	// warns): changing it means moving them.
 	QueueType string
 	// MaxLength bounds every queue (x-max-length); a publish beyond it is
-	// refused with connector.ErrFull. Default DefaultMaxLength.
+	// refused with connector.ErrFull (by a quorum queue, after one more).
+	// Default DefaultMaxLength.
 	MaxLength int
 	// DeadLetter sends the expired and rejected messages of Shared queues
 	// to "<queue>.dead" to be inspected, instead of dropping them.

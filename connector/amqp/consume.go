@@ -26,8 +26,8 @@ const maxPrefetch = 1<<16 - 1
 // settling the stale ones returns connector.ErrSettled. A subscription
 // the broker ends (its queue deleted) is renewed after a backoff, the
 // queue declared again. Consume returns an error only for what retrying
-// cannot mend: connector.ErrForbidden, or a queue that exists with other
-// arguments.
+// cannot mend: connector.ErrForbidden, or a precondition the broker
+// refuses (406).
 func (c *Conn) Consume(ctx context.Context, queue string, prefetch int, handle func(context.Context, connector.Delivery)) error {
 	prefetch = min(max(prefetch, 1), maxPrefetch)
 	if c.isClosed() {

@@ -20,6 +20,7 @@ const (
 // body over Config.MaxMessageSize.
 type MessageTooLargeError struct{ Size, Max uint64 }
 
+// Error says how large the message was and what the limit is.
 func (e *MessageTooLargeError) Error() string {
 	return fmt.Sprintf("amqp: broker sent a %d-byte message, over the %d-byte limit", e.Size, e.Max)
 }
