@@ -28,6 +28,18 @@ type Key struct {
 	Version int
 }
 
+// String redacts the key.
+func (k Key) String() string { return fmt.Sprintf("engine key v%d [REDACTED]", k.Version) }
+
+// GoString redacts the key under %#v.
+func (k Key) GoString() string { return k.String() }
+
+// LogValue redacts the key in slog records.
+func (k Key) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// MarshalJSON redacts the key; no protocol carries a Key.
+func (k Key) MarshalJSON() ([]byte, error) { return json.Marshal(k.String()) }
+
 // Credentials is the gateway's link to the vault at a site: the credential
 // source, the local-user check and the live-grant re-check, all as sealed
 // requests on the site's request queue, answered on the engine's own reply
@@ -55,6 +67,18 @@ type reply struct {
 	kind workitem.Kind
 	body []byte
 }
+
+// String names the link without its key (fmt prints a *Credentials's
+// fields, the key among them, at the top level).
+func (c *Credentials) String() string {
+	return "engine.Credentials{site " + c.site + ", engine " + c.engine + " [REDACTED]}"
+}
+
+// GoString leaves out the key under %#v.
+func (c *Credentials) GoString() string { return c.String() }
+
+// LogValue leaves out the key in slog records.
+func (c *Credentials) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // NewCredentials returns the link for engine of site, sealing under key (a
 // copy is kept). Call Run to receive replies.

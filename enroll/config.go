@@ -1,15 +1,31 @@
 package enroll
 
-import "fmt"
+import (
+	"fmt"
+	"log/slog"
+)
 
 // The configuration the vault's callback API hands an engine
 // (GET /v1/engine/config), shared by the two sides.
+
+// The types below are the callback API's wire form: their JSON carries
+// the wrapped keys and broker password on purpose. They are ciphertext,
+// open only to the engine, but print and log without them all the same.
 
 // WrappedKey is a key wrapped to an engine's public key (enroll.Wrap).
 type WrappedKey struct {
 	Version int    `json:"version"`
 	Wrapped []byte `json:"wrapped"`
 }
+
+// String leaves out the wrapped key.
+func (k WrappedKey) String() string { return fmt.Sprintf("wrapped key v%d [REDACTED]", k.Version) }
+
+// GoString leaves out the wrapped key under %#v.
+func (k WrappedKey) GoString() string { return k.String() }
+
+// LogValue leaves out the wrapped key in slog records.
+func (k WrappedKey) LogValue() slog.Value { return slog.StringValue(k.String()) }
 
 // Connector is how an engine reaches its site's connector.
 type Connector struct {
@@ -18,6 +34,15 @@ type Connector struct {
 	// Secret is the broker password wrapped to the engine's key, or empty.
 	Secret []byte `json:"secret,omitempty"`
 }
+
+// String leaves out the wrapped broker password.
+func (c Connector) String() string { return "connector{" + c.Kind + " " + c.URL + " [REDACTED]}" }
+
+// GoString leaves out the wrapped broker password under %#v.
+func (c Connector) GoString() string { return c.String() }
+
+// LogValue leaves out the wrapped broker password in slog records.
+func (c Connector) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // EngineConfig is what an approved engine pulls from the vault: its own
 // key and its site's keys, wrapped to its public key so that only it can
@@ -34,6 +59,17 @@ type EngineConfig struct {
 	// about a skewed clock before its items expire early or late.
 	VaultTime int64 `json:"vault_time"`
 }
+
+// String leaves out the wrapped keys and broker password.
+func (c EngineConfig) String() string {
+	return fmt.Sprintf("engine config{%s %s %s, %d site keys, %s}", c.ID, c.Site, c.State, len(c.SiteKeys), c.Connector)
+}
+
+// GoString leaves out the wrapped keys under %#v.
+func (c EngineConfig) GoString() string { return c.String() }
+
+// LogValue leaves out the wrapped keys in slog records.
+func (c EngineConfig) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // EngineKeyLabel labels a wrapped engine key; Wrap and Unwrap take the
 // same label.

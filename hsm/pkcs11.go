@@ -96,6 +96,18 @@ type PKCS11 struct {
 	handles map[handleKey]pkcs11.ObjectHandle
 }
 
+// String names the token without its PIN (fmt prints a *PKCS11's fields,
+// the PIN among them, at the top level).
+func (p *PKCS11) String() string {
+	return fmt.Sprintf("hsm.PKCS11{module %q, token %q [REDACTED]}", p.modName, p.token)
+}
+
+// GoString leaves out the PIN under %#v.
+func (p *PKCS11) GoString() string { return p.String() }
+
+// LogValue leaves out the PIN in slog records.
+func (p *PKCS11) LogValue() slog.Value { return slog.StringValue(p.String()) }
+
 type handleKey struct {
 	label string
 	class uint

@@ -1,8 +1,10 @@
 package hsm
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 )
 
 // PKCS11Config selects a PKCS#11 token.
@@ -22,6 +24,22 @@ type PKCS11Config struct {
 	// operations: 0 means 4; at most 64.
 	Sessions int
 }
+
+// String redacts the PIN.
+func (cfg PKCS11Config) String() string {
+	return fmt.Sprintf("hsm.PKCS11Config{Module: %q, TokenLabel: %q, PIN: [REDACTED], Sessions: %d}", cfg.Module, cfg.TokenLabel, cfg.Sessions)
+}
+
+// GoString redacts the PIN under %#v.
+func (cfg PKCS11Config) GoString() string { return cfg.String() }
+
+// LogValue redacts the PIN in slog records.
+func (cfg PKCS11Config) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("module", cfg.Module), slog.String("token_label", cfg.TokenLabel), slog.Int("sessions", cfg.Sessions))
+}
+
+// MarshalJSON redacts the PIN; no protocol carries a PKCS11Config.
+func (cfg PKCS11Config) MarshalJSON() ([]byte, error) { return json.Marshal(cfg.String()) }
 
 // Session pool bounds.
 const (

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,10 +26,33 @@ type softFile struct {
 	Keys    map[string]softKey `json:"keys"`
 }
 
+// String leaves out the key material. softFile's JSON is the keystore's
+// format and holds the material on purpose; it is written only to the
+// keystore file.
+func (f softFile) String() string {
+	return fmt.Sprintf("soft keystore v%d, %d keys [REDACTED]", f.Version, len(f.Keys))
+}
+
+// GoString leaves out the key material under %#v.
+func (f softFile) GoString() string { return f.String() }
+
+// LogValue leaves out the key material in slog records.
+func (f softFile) LogValue() slog.Value { return slog.StringValue(f.String()) }
+
 type softKey struct {
 	Type     string `json:"type"` // "aes256" or "ecdsa-p256"
 	Material []byte `json:"material"`
 }
+
+// String leaves out the key material (softKey's JSON is the keystore's
+// format, see softFile).
+func (k softKey) String() string { return k.Type + " key [REDACTED]" }
+
+// GoString leaves out the key material under %#v.
+func (k softKey) GoString() string { return k.String() }
+
+// LogValue leaves out the key material in slog records.
+func (k softKey) LogValue() slog.Value { return slog.StringValue(k.String()) }
 
 // Soft is the development key provider: keys live in one JSON file with mode
 // 0600. Anyone who can read that file can decrypt every secret in the vault,
@@ -42,6 +66,16 @@ type Soft struct {
 	signers map[string]*ecdsa.PrivateKey
 	file    softFile
 }
+
+// String names the keystore without its keys (fmt prints a *Soft's
+// fields, the key material among them, at the top level).
+func (s *Soft) String() string { return "hsm.Soft{" + s.path + " [REDACTED]}" }
+
+// GoString leaves out the keys under %#v.
+func (s *Soft) GoString() string { return s.String() }
+
+// LogValue leaves out the keys in slog records.
+func (s *Soft) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // OpenSoft opens the soft keystore at path, creating an empty one (and its
 // directory, 0700) if it does not exist. It refuses a keystore file that

@@ -2,6 +2,7 @@ package radius
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +37,20 @@ type Login struct {
 	// Password is the first secret the user typed. It is not kept.
 	Password []byte
 }
+
+// String redacts the password.
+func (l Login) String() string {
+	return "radius.Login{" + l.User + " from " + l.Source.String() + " [REDACTED]}"
+}
+
+// GoString redacts the password under %#v.
+func (l Login) GoString() string { return l.String() }
+
+// LogValue redacts the password in slog records.
+func (l Login) LogValue() slog.Value { return slog.StringValue(l.String()) }
+
+// MarshalJSON redacts the password; no protocol carries a Login.
+func (l Login) MarshalJSON() ([]byte, error) { return json.Marshal(l.String()) }
 
 // Prompt is one question relayed to the user for an Access-Challenge.
 type Prompt struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,6 +59,10 @@ func (s Server) GoString() string { return s.String() }
 func (s Server) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("addr", s.Addr), slog.String("secret", "[REDACTED]"))
 }
+
+// MarshalJSON keeps the secret out of encoding/json (and so out of a Config
+// logged by slog's JSON handler); no protocol carries a Server.
+func (s Server) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
 
 // Config configures a Client. The zero value of each optional field is
 // documented; a Config must pass Validate.

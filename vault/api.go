@@ -35,6 +35,16 @@ type userRequest struct {
 	Groups   []string `json:"groups"`
 }
 
+// String redacts the password. The JSON encoding is the API's wire form
+// and carries the password on purpose; the rest redact.
+func (r userRequest) String() string { return UserSpec(r).String() }
+
+// GoString redacts the password under %#v.
+func (r userRequest) GoString() string { return r.String() }
+
+// LogValue redacts the password in slog records.
+func (r userRequest) LogValue() slog.Value { return slog.StringValue(r.String()) }
+
 // userCreated is the answer to POST /v1/users; the URI is "" without TOTP.
 type userCreated struct {
 	OTPAuthURI string `json:"otpauth_uri"`
@@ -59,6 +69,16 @@ type secretRequest struct {
 	Allow         []string `json:"allow"`
 	Site          string   `json:"site,omitempty"`
 }
+
+// String redacts the credential. The JSON encoding is the API's wire form
+// and carries the credential on purpose; the rest redact.
+func (r secretRequest) String() string { return SecretSpec(r).String() }
+
+// GoString redacts the credential under %#v.
+func (r secretRequest) GoString() string { return r.String() }
+
+// LogValue redacts the credential in slog records.
+func (r secretRequest) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // secretsList is the answer to GET /v1/secrets.
 type secretsList struct {

@@ -50,6 +50,18 @@ type siteRequest struct {
 	ConnectorSecret []byte `json:"connector_secret,omitempty"`
 }
 
+// String redacts the broker password. The JSON encoding is the API's wire
+// form and carries it on purpose; the rest redact.
+func (r siteRequest) String() string {
+	return "site{" + r.Name + " " + ConnectorSpec{Kind: r.Connector, URL: r.ConnectorURL}.String() + "}"
+}
+
+// GoString redacts the broker password under %#v.
+func (r siteRequest) GoString() string { return r.String() }
+
+// LogValue redacts the broker password in slog records.
+func (r siteRequest) LogValue() slog.Value { return slog.StringValue(r.String()) }
+
 type sitesList struct {
 	Sites []SiteInfo `json:"sites"`
 }

@@ -107,6 +107,17 @@ type request struct {
 	where []slog.Attr
 }
 
+// String redacts the engine's key.
+func (r request) String() string {
+	return fmt.Sprintf("request{%s from engine %s [REDACTED]}", r.h.ID, r.h.Engine)
+}
+
+// GoString redacts the engine's key under %#v.
+func (r request) GoString() string { return r.String() }
+
+// LogValue redacts the engine's key in slog records.
+func (r request) LogValue() slog.Value { return slog.StringValue(r.String()) }
+
 // reject drops an item, counting and logging why.
 func (v *Vault) reject(site, kind, reason string, count ItemCounter, attrs ...slog.Attr) {
 	if count != nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -35,6 +36,15 @@ type Client struct {
 	token string
 	hc    *http.Client
 }
+
+// String redacts the admin token.
+func (c *Client) String() string { return "vault.Client{" + c.base + " [REDACTED]}" }
+
+// GoString redacts the admin token under %#v.
+func (c *Client) GoString() string { return c.String() }
+
+// LogValue redacts the admin token in slog records.
+func (c *Client) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // APIError is a non-success answer from the API. Its Unwrap maps the status
 // to ErrInvalid (400), ErrUnauthorized (401), ErrNotFound (404) or

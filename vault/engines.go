@@ -145,6 +145,18 @@ type engineRow struct {
 	kek        string
 }
 
+// String leaves out the keys (the engine key is sealed, but no business of
+// a log).
+func (r engineRow) String() string {
+	return fmt.Sprintf("engine{%s %s %s [SEALED]}", r.ID, r.Site, r.State)
+}
+
+// GoString leaves out the keys under %#v.
+func (r engineRow) GoString() string { return r.String() }
+
+// LogValue leaves out the keys in slog records.
+func (r engineRow) LogValue() slog.Value { return slog.StringValue(r.String()) }
+
 const engineColumns = `id, site, name, fingerprint, state, registered, changed, last_seen, address, public_key, engine_key, key_version, kek`
 
 func scanEngine(sc scanner) (*engineRow, error) {
@@ -334,6 +346,17 @@ type cachedEngineKey struct {
 	version int
 	site    string
 }
+
+// String redacts the key.
+func (c cachedEngineKey) String() string {
+	return fmt.Sprintf("engine key v%d of site %s [REDACTED]", c.version, c.site)
+}
+
+// GoString redacts the key under %#v.
+func (c cachedEngineKey) GoString() string { return c.String() }
+
+// LogValue redacts the key in slog records.
+func (c cachedEngineKey) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // forgetEngineKey drops a cached engine key, wiping it.
 func (v *Vault) forgetEngineKey(id string) {

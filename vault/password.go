@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -74,15 +75,27 @@ func (h phc) match(password []byte) bool {
 	return subtle.ConstantTimeCompare(got, h.key) == 1
 }
 
-// String encodes h as $argon2id$v=19$m=M,t=T,p=P$SALT$KEY (unpadded
-// standard base64, as the PHC format specifies).
-func (h phc) String() string {
+// encode encodes h as $argon2id$v=19$m=M,t=T,p=P$SALT$KEY (unpadded
+// standard base64, as the PHC format specifies). It is not String: a hash
+// in a log line could be attacked offline.
+func (h phc) encode() string {
 	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, h.memory, h.time, h.threads,
 		base64.RawStdEncoding.EncodeToString(h.salt), base64.RawStdEncoding.EncodeToString(h.key))
 }
 
+// String redacts the salt and the hash.
+func (h phc) String() string {
+	return fmt.Sprintf("argon2id{m=%d,t=%d,p=%d [REDACTED]}", h.memory, h.time, h.threads)
+}
+
+// GoString redacts the salt and the hash under %#v.
+func (h phc) GoString() string { return h.String() }
+
+// LogValue redacts the salt and the hash in slog records.
+func (h phc) LogValue() slog.Value { return slog.StringValue(h.String()) }
+
 // parsePHC strictly parses an argon2id PHC string: exactly the layout
-// String writes, canonical decimal numbers, parameters within bounds.
+// encode writes, canonical decimal numbers, parameters within bounds.
 func parsePHC(s string) (phc, error) {
 	if len(s) > maxPHCLen {
 		return phc{}, errBadPHC
@@ -162,7 +175,7 @@ func (v *Vault) hashPassword(ctx context.Context, password []byte) (string, erro
 	if err != nil {
 		return "", err
 	}
-	return h.String(), nil
+	return h.encode(), nil
 }
 
 // checkPassword verifies password against h within the hash bound.

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,6 +78,10 @@ func (s SecretSpec) GoString() string { return s.String() }
 
 // LogValue redacts the credential in slog records.
 func (s SecretSpec) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON redacts the credential: a SecretSpec is not a wire type (the
+// API's body is secretRequest).
+func (s SecretSpec) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
 
 // SecretInfo is everything about a secret except the credential itself.
 type SecretInfo struct {
@@ -195,6 +200,18 @@ type secretRow struct {
 	site                       string
 	created, updated           int64
 }
+
+// String leaves out the sealed credential (ciphertext, but no business of
+// a log).
+func (r secretRow) String() string {
+	return fmt.Sprintf("secretRow{%s %s@%s:%d [SEALED]}", r.name, r.username, r.host, r.port)
+}
+
+// GoString leaves out the sealed credential under %#v.
+func (r secretRow) GoString() string { return r.String() }
+
+// LogValue leaves out the sealed credential in slog records.
+func (r secretRow) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 func dekAAD(name string) string { return "sallyport-dek:v1:" + name }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,10 @@ func (c ConnectorSpec) GoString() string { return c.String() }
 
 // LogValue redacts the secret in slog records.
 func (c ConnectorSpec) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// MarshalJSON redacts the secret: a ConnectorSpec is not a wire type (the
+// API's body is siteRequest).
+func (c ConnectorSpec) MarshalJSON() ([]byte, error) { return json.Marshal(c.String()) }
 
 func (c *ConnectorSpec) validate() error {
 	switch c.Kind {
@@ -278,6 +283,20 @@ type SiteKeyVersion struct {
 	Retired time.Time
 }
 
+// String redacts the key.
+func (k SiteKeyVersion) String() string {
+	return fmt.Sprintf("site key v%d [REDACTED]", k.Version)
+}
+
+// GoString redacts the key under %#v.
+func (k SiteKeyVersion) GoString() string { return k.String() }
+
+// LogValue redacts the key in slog records.
+func (k SiteKeyVersion) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// MarshalJSON redacts the key; no protocol carries a SiteKeyVersion.
+func (k SiteKeyVersion) MarshalJSON() ([]byte, error) { return json.Marshal(k.String()) }
+
 // siteKeyVersions returns site's usable key versions, newest first. A site
 // that exists but has no key yet (the migrated "default") gets one now.
 func (v *Vault) siteKeyVersions(ctx context.Context, site string) ([]SiteKeyVersion, error) {
@@ -297,19 +316,19 @@ func (v *Vault) siteKeyVersions(ctx context.Context, site string) ([]SiteKeyVers
 			var wrapped []byte
 			var retired sql.NullInt64
 			if err := rows.Scan(&id, &version, &wrapped, &retired, &kek); err != nil {
-				rows.Close()
+				_ = rows.Close()
 				wipeVersions(out)
 				return nil, fmt.Errorf("vault: site keys: %w", err)
 			}
 			key, err := v.unseal(ctx, wrapped, siteKeyVersionAAD(id), kek)
 			if err != nil {
-				rows.Close()
+				_ = rows.Close()
 				wipeVersions(out)
 				return nil, err
 			}
 			if len(key) != siteKeyLen {
 				clear(key)
-				rows.Close()
+				_ = rows.Close()
 				wipeVersions(out)
 				return nil, fmt.Errorf("vault: site key %s has a bad length", id)
 			}
@@ -320,7 +339,7 @@ func (v *Vault) siteKeyVersions(ctx context.Context, site string) ([]SiteKeyVers
 			out = append(out, kv)
 		}
 		err = rows.Err()
-		rows.Close()
+		_ = rows.Close()
 		if err != nil {
 			wipeVersions(out)
 			return nil, fmt.Errorf("vault: site keys: %w", err)

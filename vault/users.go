@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,10 @@ func (u UserSpec) GoString() string { return u.String() }
 
 // LogValue redacts the password in slog records.
 func (u UserSpec) LogValue() slog.Value { return slog.StringValue(u.String()) }
+
+// MarshalJSON redacts the password: a UserSpec is not a wire type (the
+// API's body is userRequest).
+func (u UserSpec) MarshalJSON() ([]byte, error) { return json.Marshal(u.String()) }
 
 // UserInfo is what the vault tells about a user: never the password hash
 // nor the TOTP seed.

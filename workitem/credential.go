@@ -69,7 +69,9 @@ type CredentialReply struct {
 }
 
 // Credential is a privileged account's login for one target. It redacts
-// itself when printed or logged; call Wipe when done with it.
+// itself when printed or logged, as a value or a pointer; its JSON is the
+// reply's wire form and never holds the secret (see EncodeReply). Call
+// Wipe when done with it.
 type Credential struct {
 	Secret   string `json:"secret"`
 	Host     string `json:"host"`
@@ -98,20 +100,18 @@ func (c *Credential) Wipe() {
 	c.Password, c.PrivateKey = nil, nil
 }
 
-// String redacts the secret parts.
-func (c *Credential) String() string {
-	if c == nil {
-		return "<nil>"
-	}
+// String redacts the secret parts. The methods below are on the value so
+// that a copy, or a field of type Credential, redacts too.
+func (c Credential) String() string {
 	return "credential{" + c.Username + "@" + c.Host + " [REDACTED]}"
 }
 
 // GoString redacts the secret parts under %#v.
-func (c *Credential) GoString() string { return c.String() }
+func (c Credential) GoString() string { return c.String() }
 
 // LogValue redacts the secret parts in slog records, whatever the handler
 // (the JSON handler would otherwise print the fields, base64 and all).
-func (c *Credential) LogValue() slog.Value { return slog.StringValue(c.String()) }
+func (c Credential) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // Secret kinds in Credential.SecretKind.
 const (

@@ -15,7 +15,8 @@ const (
 // LoginRequest is the body of a KindLoginRequest: a local gateway user's
 // password or one-time code, checked by the vault, so that engines never
 // hold password hashes or TOTP seeds. The secret itself travels after the
-// JSON (EncodeLoginRequest).
+// JSON (EncodeLoginRequest), so the JSON encoding, which is the wire form,
+// never holds it.
 type LoginRequest struct {
 	Op      string `json:"op"`
 	User    string `json:"user"`
@@ -25,19 +26,17 @@ type LoginRequest struct {
 	Secret []byte `json:"-"`
 }
 
-// String redacts the secret.
-func (r *LoginRequest) String() string {
-	if r == nil {
-		return "<nil>"
-	}
+// String redacts the secret. The methods are on the value so that a copy
+// redacts too.
+func (r LoginRequest) String() string {
 	return fmt.Sprintf("login{%s %s [REDACTED]}", r.Op, r.User)
 }
 
 // GoString redacts the secret under %#v.
-func (r *LoginRequest) GoString() string { return r.String() }
+func (r LoginRequest) GoString() string { return r.String() }
 
 // LogValue redacts the secret in slog records.
-func (r *LoginRequest) LogValue() slog.Value { return slog.StringValue(r.String()) }
+func (r LoginRequest) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // Wipe overwrites the secret.
 func (r *LoginRequest) Wipe() {

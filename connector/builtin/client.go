@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,24 @@ type ClientConfig struct {
 	// MaxPending bounds the requests in flight (DefaultMaxPending).
 	MaxPending int
 }
+
+// String describes c without its signer: a handle into the key provider
+// in production, but a raw private key would print under encoding/json.
+func (c ClientConfig) String() string {
+	return fmt.Sprintf("builtin.ClientConfig{URL: %q, EngineID: %q, Signer: [REDACTED]}", c.URL, c.EngineID)
+}
+
+// GoString describes c without its signer, for %#v.
+func (c ClientConfig) GoString() string { return c.String() }
+
+// LogValue keeps the signer out of slog records.
+func (c ClientConfig) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("url", c.URL), slog.String("engine", c.EngineID))
+}
+
+// MarshalJSON keeps the signer out of encoding/json; no protocol carries a
+// ClientConfig.
+func (c ClientConfig) MarshalJSON() ([]byte, error) { return json.Marshal(c.String()) }
 
 // Validate checks that cfg can make a connection: a wss URL, a CA pool, a
 // P-256 signer whose key matches the engine id, no negative limit.

@@ -2,7 +2,9 @@ package ssh
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/netip"
 
 	"github.com/sallyport/sallyport/workitem"
@@ -25,6 +27,20 @@ type Login struct {
 	// (password method). The authenticator must not keep it.
 	Password []byte
 }
+
+// String redacts the password.
+func (l Login) String() string {
+	return "ssh.Login{" + l.User + " from " + l.Source.String() + " [REDACTED]}"
+}
+
+// GoString redacts the password under %#v.
+func (l Login) GoString() string { return l.String() }
+
+// LogValue redacts the password in slog records.
+func (l Login) LogValue() slog.Value { return slog.StringValue(l.String()) }
+
+// MarshalJSON redacts the password; no protocol carries a Login.
+func (l Login) MarshalJSON() ([]byte, error) { return json.Marshal(l.String()) }
 
 // Prompt is one question for the user in a keyboard-interactive round.
 type Prompt struct {

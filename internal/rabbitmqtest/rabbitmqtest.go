@@ -18,6 +18,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -51,6 +52,20 @@ type Broker struct {
 	srv      *exec.Cmd
 	srvDone  chan error
 }
+
+// String describes b without its password.
+func (b *Broker) String() string {
+	return fmt.Sprintf("rabbitmqtest.Broker{AMQPPort: %d, TLSPort: %d, User: %q, Password: [REDACTED]}", b.AMQPPort, b.TLSPort, b.User)
+}
+
+// GoString describes b without its password, for %#v.
+func (b *Broker) GoString() string { return b.String() }
+
+// LogValue keeps the password out of slog records.
+func (b *Broker) LogValue() slog.Value { return slog.StringValue(b.String()) }
+
+// MarshalJSON keeps the password out of encoding/json.
+func (b *Broker) MarshalJSON() ([]byte, error) { return json.Marshal(b.String()) }
 
 // Start starts epmd and a node and waits until the node takes logins.
 func Start() (b *Broker, err error) {
