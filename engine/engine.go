@@ -123,6 +123,8 @@ type Engine struct {
 	gateway  *gw.Server
 	gwDone   chan error
 
+	pullNow chan chan struct{} // asks Run to pull the configuration now
+
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	stopped   chan struct{}
@@ -197,6 +199,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		hc:      &http.Client{Transport: tr, Timeout: time.Minute, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		link:    &link{},
 		stopped: make(chan struct{}),
+		pullNow: make(chan chan struct{}),
 	}
 	e.runCtx, e.runCancel = context.WithCancel(context.Background())
 	return e, nil
@@ -236,6 +239,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return e.stopAll(err)
 	}
 	waiting := false
+	var pullWaiters []chan struct{}
 	for {
 		cfg, err := e.pull(ctx)
 		switch {
@@ -263,6 +267,11 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.log.Warn("configuration not saved", "err", err)
 			}
 		}
+		for _, w := range pullWaiters {
+			close(w)
+		}
+		pullWaiters = pullWaiters[:0]
+		lastPull := time.Now()
 		every := e.cfg.PollInterval
 		if waiting || e.current() == nil {
 			every = DefaultPendingInterval
@@ -271,6 +280,19 @@ func (e *Engine) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return e.stopAll(nil)
 		case <-time.After(jitter(every)):
+		case w := <-e.pullNow:
+			// Work sealed under a site key this engine does not have
+			// yet: pull now, but at most once a second, so that items
+			// naming made-up key versions cannot make it hammer the
+			// vault.
+			pullWaiters = append(pullWaiters, w)
+			if wait := time.Second - time.Since(lastPull); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return e.stopAll(nil)
+				case <-time.After(wait):
+				}
+			}
 		}
 	}
 }
@@ -278,6 +300,28 @@ func (e *Engine) Run(ctx context.Context) error {
 // jitter spreads d by ±10 %, so engines do not pull in step.
 func jitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()-0.5)*0.2*float64(d)) // #nosec G404 -- spreading load, not secrecy
+}
+
+// refreshKeys asks Run for a configuration pull now and waits (bounded)
+// until it has been applied: the worker met an item under a site key
+// version it does not have, as right after the vault rotated the key.
+func (e *Engine) refreshKeys(ctx context.Context) {
+	done := make(chan struct{})
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case e.pullNow <- done:
+	case <-ctx.Done():
+		return
+	case <-t.C:
+		return
+	}
+	t.Reset(15 * time.Second)
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (e *Engine) current() *enroll.EngineConfig {
@@ -464,6 +508,7 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, se
 	e.link.set(creds)
 	w := newWorker(conn, e.cfg.Site, e.id, creds, e.log, e.cfg.Now)
 	w.count = e.metrics.count
+	w.refresh = e.refreshKeys
 	e.work = w
 	e.connWG.Add(2)
 	go func() {

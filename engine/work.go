@@ -33,6 +33,9 @@ type worker struct {
 	log     *slog.Logger
 	now     func() time.Time
 	count   func(kind, outcome string)
+	// refresh, if set, fetches the site keys again (bounded) when an
+	// item names a newer key version than this engine has.
+	refresh func(ctx context.Context)
 	replays *workitem.ReplayCache
 
 	mu       sync.RWMutex
@@ -58,6 +61,17 @@ func (w *worker) setSiteKeys(keys map[int][]byte) {
 }
 
 func (w *worker) close() { w.setSiteKeys(nil) }
+
+// newestKey is the newest site key version the worker has (0: none).
+func (w *worker) newestKey() uint32 {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	newest := 0
+	for v := range w.siteKeys {
+		newest = max(newest, v)
+	}
+	return uint32(newest) // #nosec G115 -- versions are small counters
+}
 
 func (w *worker) siteKey(version uint32) []byte {
 	w.mu.RLock()
@@ -99,6 +113,10 @@ func (w *worker) handle(ctx context.Context, d connector.Delivery) {
 		return
 	}
 	key := w.siteKey(peek.KeyVersion)
+	if key == nil && w.refresh != nil && peek.KeyVersion > w.newestKey() {
+		w.refresh(ctx)
+		key = w.siteKey(peek.KeyVersion)
+	}
 	if key == nil {
 		// A key this engine does not have (yet): another engine of the
 		// site, or this one after its next pull, may.

@@ -160,3 +160,59 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestWorkerFetchesNewerKey: an item under a site key version newer than
+// the worker has makes it fetch the keys once, then it is answered; an
+// older unknown version does not.
+func TestWorkerFetchesNewerKey(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mem := connector.NewMemory(64)
+	m, _ := newMetrics(nil, testSite)
+	creds := NewCredentials(mem, testSite, testEngine, testKey, slog.New(slog.DiscardHandler))
+	w := newWorker(mem, testSite, testEngine, creds, slog.New(slog.DiscardHandler), time.Now)
+	w.count = m.count
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	w.setSiteKeys(map[int][]byte{1: k1})
+	var mu sync.Mutex
+	n := 0
+	w.refresh = func(context.Context) {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		w.setSiteKeys(map[int][]byte{1: k1, 2: k2})
+	}
+	seal := func(key []byte, version uint32) []byte {
+		body, _ := json.Marshal(workitem.Ping{Sent: time.Now().UnixNano()})
+		b, err := workitem.Seal(key, workitem.Header{Site: testSite, ID: workitem.NewID(), Kind: workitem.KindPing, KeyVersion: version, Expiry: time.Now().Add(time.Minute)}, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	queue := names.WorkQueue(testSite)
+	if err := mem.Declare(ctx, queue, connector.Shared); err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.Declare(ctx, names.ResultQueue(testSite), connector.Shared); err != nil {
+		t.Fatal(err)
+	}
+	for _, item := range [][]byte{seal(k2, 2), seal(k1, 0)} {
+		if err := mem.Publish(ctx, queue, item, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() { _ = w.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for counterValue(m.items.WithLabelValues("ping", "ok")) != 1 || counterValue(m.items.WithLabelValues("ping", "stale_key")) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("ok %v, stale %v", counterValue(m.items.WithLabelValues("ping", "ok")), counterValue(m.items.WithLabelValues("ping", "stale_key")))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d key fetches, want 1 (only for the newer version)", n)
+	}
+}

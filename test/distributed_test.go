@@ -114,7 +114,9 @@ func TestDistributedBuiltin(t *testing.T) {
 func TestDistributedTwoEngines(t *testing.T) {
 	c := startCluster(t)
 	c.Ctl(t, "site", "add", "dc-pair")
-	a, b := c.StartEngine(t, "dc-pair"), c.StartEngine(t, "dc-pair")
+	// A long poll: what these engines learn after approval, they learn
+	// because something made them ask (a key rotation), not by schedule.
+	a, b := c.StartEngine(t, "dc-pair", "--poll", "10m"), c.StartEngine(t, "dc-pair", "--poll", "10m")
 	c.Approve(t, a)
 	c.Approve(t, b)
 	waitPing(t, c, "dc-pair")
@@ -131,6 +133,20 @@ func TestDistributedTwoEngines(t *testing.T) {
 		t.Logf("pings answered: %v", answered)
 		if answered[a.ID] == 0 || answered[b.ID] == 0 || len(answered) != 2 {
 			t.Fatalf("want both engines (%s, %s) to answer pings: %v", a.ID, b.ID, answered)
+		}
+	})
+
+	t.Run("site key rotated", func(t *testing.T) {
+		r := c.Ctl(t, "site", "rotate-key", "dc-pair")
+		if !strings.Contains(r.Stdout, "key version 2") {
+			t.Fatalf("rotate-key:\n%s", r)
+		}
+		// The next ping is sealed under version 2, which the engines
+		// fetch when they meet it, not at their next scheduled pull.
+		for range 4 {
+			if _, r := c.Ping(t, "dc-pair"); r.Code != 0 {
+				t.Fatalf("a ping right after the rotation:\n%s", r)
+			}
 		}
 	})
 
