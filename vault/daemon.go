@@ -103,8 +103,9 @@ type Daemon struct {
 
 // siteServer serves one site on one connector.
 type siteServer struct {
-	connector string // kind and URL, to notice a change
+	connector string // kind, URL and secret stamp, to notice a change
 	conn      connector.Connector
+	ctx       context.Context // ends when the site stops on this connector
 	cancel    context.CancelFunc
 	done      chan struct{}
 	// draining are the connectors the site left, each still served
@@ -117,6 +118,9 @@ type siteServer struct {
 type drainingServer struct {
 	s     *siteServer
 	until time.Time
+	// moved is closed when the mover of the work queued there (to the
+	// connector the site went to) has stopped.
+	moved chan struct{}
 }
 
 // sharedConn is one broker connection shared by the sites on it.
@@ -301,7 +305,7 @@ func (d *Daemon) SyncSites() {
 }
 
 func (d *Daemon) syncSites(ctx context.Context) error {
-	sites, err := d.vault.ListSites(ctx)
+	sites, err := d.vault.connectorStamps(ctx)
 	if err != nil {
 		return err
 	}
@@ -309,7 +313,7 @@ func (d *Daemon) syncSites(ctx context.Context) error {
 	defer d.sitesMu.Unlock()
 	now := d.vault.now()
 	for _, s := range sites {
-		key := s.Connector + " " + s.ConnectorURL
+		key := s.stamp
 		cur := d.sites[s.Name]
 		if cur != nil {
 			kept := cur.draining[:0]
@@ -336,9 +340,14 @@ func (d *Daemon) syncSites(ctx context.Context) error {
 			// Keep draining the old connector, and those it was still
 			// draining: items queued there are answered until they would
 			// have expired anyway.
-			next.draining = append(cur.draining, drainingServer{s: cur, until: now.Add(SiteKeyGrace)})
+			moved := make(chan struct{})
+			go func() {
+				defer close(moved)
+				d.moveWork(cur.ctx, cur.conn, next.conn, s.Name)
+			}()
+			next.draining = append(cur.draining, drainingServer{s: cur, until: now.Add(SiteKeyGrace), moved: moved})
 			cur.draining = nil
-			d.log.Info("site moved to another connector; draining the old one", "site", s.Name, "connector", s.Connector)
+			d.log.Info("site moved to another connector; draining the old one", "site", s.Name, "connector", s.kind)
 		}
 		d.sites[s.Name] = next
 	}
@@ -368,7 +377,7 @@ func (d *Daemon) startSite(ctx context.Context, site string) (*siteServer, error
 		return nil, fmt.Errorf("unknown connector %q", spec.Kind)
 	}
 	sctx, cancel := context.WithCancel(d.ctx)
-	s := &siteServer{conn: conn, cancel: cancel, done: make(chan struct{})}
+	s := &siteServer{conn: conn, ctx: sctx, cancel: cancel, done: make(chan struct{})}
 	count := func(site, kind, outcome string) { d.items.WithLabelValues(site, kind, outcome).Inc() }
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -403,10 +412,44 @@ func (d *Daemon) serveLoop(ctx context.Context, site, what string, run func(cont
 	}
 }
 
+// moveWork moves the work queued for a site's engines on the connector it
+// left to the one it went to, until ctx ends (the end of the drain):
+// engines still on the old connector take what they can meanwhile, and
+// what is left there would otherwise wait for engines that have moved.
+// Each item is published on the new connector before it is acknowledged
+// on the old one; an expired item is dropped, and counted.
+func (d *Daemon) moveWork(ctx context.Context, from, to connector.Connector, site string) {
+	queue := names.WorkQueue(site)
+	d.serveLoop(ctx, site, "work mover", func(ctx context.Context) error {
+		if err := from.Declare(ctx, queue, connector.Shared); err != nil {
+			return err
+		}
+		if err := to.Declare(ctx, queue, connector.Shared); err != nil {
+			return err
+		}
+		return from.Consume(ctx, queue, 16, func(ctx context.Context, dl connector.Delivery) {
+			h, err := workitem.Peek(dl.Body())
+			ttl := h.Expiry.Sub(d.vault.now())
+			if err != nil || ttl <= 0 {
+				d.items.WithLabelValues(site, h.Kind.String(), "expired_in_move").Inc()
+				_ = dl.Ack()
+				return
+			}
+			if err := to.Publish(ctx, queue, dl.Body(), ttl); err != nil {
+				_ = dl.Reject(true)
+				return
+			}
+			_ = dl.Ack()
+			d.items.WithLabelValues(site, h.Kind.String(), "moved").Inc()
+		})
+	})
+}
+
 // stopSite stops a site's consumers and releases its connection.
 func (d *Daemon) stopSite(s *siteServer) {
 	for _, old := range s.draining {
 		d.stopSite(old.s)
+		<-old.moved
 	}
 	s.draining = nil
 	s.cancel()

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -186,14 +187,15 @@ func (e *daemonEnv) run(t *testing.T) {
 	}
 }
 
-// waitServed waits until site is served on the connector named key.
+// waitServed waits until site is served on the connector named key (kind
+// and URL).
 func (e *daemonEnv) waitServed(t *testing.T, site, key string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		e.d.sitesMu.Lock()
 		s := e.d.sites[site]
-		ok := s != nil && s.connector == key
+		ok := s != nil && strings.HasPrefix(s.connector, key+" ") // then the password's stamp
 		e.d.sitesMu.Unlock()
 		if ok {
 			return

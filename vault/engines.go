@@ -338,6 +338,17 @@ func (v *Vault) engineKeyOf(ctx context.Context, id string) (key []byte, version
 		return nil, 0, "", fmt.Errorf("vault: engine key of %s has a bad length", id)
 	}
 	v.engineKeys.Store(id, cachedEngineKey{key: append([]byte(nil), key...), version: r.keyVersion, site: r.Site})
+	// A revocation that committed while the key was being unsealed has
+	// already cleared the cache, before the key above went in: look
+	// again, so that a revoked engine's key is never kept.
+	if again, err := v.loadEngine(ctx, v.db, id); err != nil || again.State != EngineApproved {
+		v.forgetEngineKey(id)
+		clear(key)
+		if err == nil {
+			err = fmt.Errorf("engine %s: %w", id, ErrRevoked)
+		}
+		return nil, 0, "", err
+	}
 	return key, r.keyVersion, r.Site, nil
 }
 

@@ -3,7 +3,9 @@ package vault
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -466,6 +468,35 @@ func (v *Vault) ListSites(ctx context.Context) ([]SiteInfo, error) {
 		}
 	}
 	return out, erows.Err()
+}
+
+// siteStamp names a site and what its connector is: kind, URL and a
+// digest of the stored (sealed) broker password, so that a changed
+// password alone is a change too.
+type siteStamp struct {
+	Name  string
+	kind  string
+	stamp string
+}
+
+// connectorStamps returns every site's connector stamp.
+func (v *Vault) connectorStamps(ctx context.Context) ([]siteStamp, error) {
+	rows, err := v.db.QueryContext(ctx, `SELECT name, connector, connector_url, connector_secret FROM sites ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("vault: list sites: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []siteStamp
+	for rows.Next() {
+		var name, kind, url string
+		var sealed []byte
+		if err := rows.Scan(&name, &kind, &url, &sealed); err != nil {
+			return nil, fmt.Errorf("vault: list sites: %w", err)
+		}
+		sum := sha256.Sum256(sealed)
+		out = append(out, siteStamp{Name: name, kind: kind, stamp: kind + " " + url + " " + hex.EncodeToString(sum[:8])})
+	}
+	return out, rows.Err()
 }
 
 // ShowSite returns one site, or ErrNotFound.
