@@ -16,6 +16,7 @@ import (
 
 	"github.com/sallyport/sallyport/connector"
 	"github.com/sallyport/sallyport/connector/connectortest"
+	"github.com/sallyport/sallyport/internal/rabbitmqtest"
 	"github.com/sallyport/sallyport/names"
 )
 
@@ -79,7 +80,7 @@ func TestTLSIsUsed(t *testing.T) {
 func TestRefusals(t *testing.T) {
 	const secret = "Hunter2-never-shown"
 	otherCA := func() *x509.CertPool {
-		pool, err := writeTLSFiles(t.TempDir())
+		pool, err := rabbitmqtest.WriteTLSFiles(t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}

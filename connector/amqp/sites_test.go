@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sallyport/sallyport/connector"
+	"github.com/sallyport/sallyport/internal/rabbitmqtest"
 	"github.com/sallyport/sallyport/names"
 )
 
@@ -18,8 +19,8 @@ type siteCost struct {
 	sites    int // asked for
 	done     int // declared (fewer when the time ran out)
 	took     time.Duration
-	before   memory
-	after    memory
+	before   rabbitmqtest.Memory
+	after    rabbitmqtest.Memory
 	declared int // queues
 }
 

@@ -105,7 +105,7 @@ func Start() (b *Broker, err error) {
 	if err := os.WriteFile(filepath.Join(home, ".erlang.cookie"), []byte(randomHex(24)), 0o400); err != nil {
 		return b, err
 	}
-	if b.CA, err = writeTLSFiles(dir); err != nil {
+	if b.CA, err = WriteTLSFiles(dir); err != nil {
 		return b, err
 	}
 	b.CAFile = filepath.Join(dir, "ca.pem")
@@ -370,9 +370,9 @@ func waitPort(port int, d time.Duration) error {
 	}
 }
 
-// writeTLSFiles makes a throwaway CA and a server certificate for
+// WriteTLSFiles makes a throwaway CA and a server certificate for
 // localhost and 127.0.0.1, writes them for the node, and returns the CA.
-func writeTLSFiles(dir string) (*x509.CertPool, error) {
+func WriteTLSFiles(dir string) (*x509.CertPool, error) {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
