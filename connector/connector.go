@@ -90,8 +90,9 @@ type Delivery interface {
 // are safe for concurrent use.
 type Connector interface {
 	// Declare makes sure queue exists as kind asks. A queue first used
-	// by Publish or Consume without a Declare is declared Shared; an
-	// engine declares its Private reply queue before it consumes it.
+	// by Publish or Consume without a Declare is declared Shared, except
+	// one named like an engine's reply queue (names.ReplyQueue), which
+	// is Private: the vault may reply before the engine has declared it.
 	Declare(ctx context.Context, queue string, kind QueueKind) error
 	// Publish puts body on queue, to expire after ttl (ttl > 0), and
 	// returns once the connector has it safe, or ctx ends. A full queue
