@@ -173,7 +173,7 @@ func dialAMQP(ca *x509.CertPool, log *slog.Logger) vault.DialFunc {
 		if err != nil {
 			return nil, err
 		}
-		return amqp.Dial(ctx, amqp.Config{URL: url, Password: secret, TLS: tc, Log: log.With("component", "amqp")})
+		return amqp.Dial(ctx, amqp.Config{URL: url, Password: secret, TLS: tc, DeadLetter: true, Log: log.With("component", "amqp")})
 	}
 }
 
@@ -190,7 +190,9 @@ func engineConnect(ca *x509.CertPool, log *slog.Logger) engine.ConnectFunc {
 			if err != nil {
 				return nil, err
 			}
-			return amqp.Dial(ctx, amqp.Config{URL: s.URL, Password: s.Secret, TLS: tc, Log: log.With("component", "amqp")})
+			// The same queue settings as the vault's (dialAMQP): whoever
+			// declares a queue first, it is the same queue.
+			return amqp.Dial(ctx, amqp.Config{URL: s.URL, Password: s.Secret, TLS: tc, DeadLetter: true, Log: log.With("component", "amqp")})
 		}
 		return nil, fmt.Errorf("unknown connector kind %q", s.Kind)
 	}
