@@ -26,13 +26,13 @@ const pongTTL = time.Minute
 // worker takes the site's work (sealed under the site key) and sends the
 // results (sealed under the engine's key).
 type worker struct {
-	conn    connector.Connector
-	site    string
-	engine  string
-	creds   *Credentials // holds the engine key
-	log     *slog.Logger
-	now     func() time.Time
-	count   func(kind, outcome string)
+	conn   connector.Connector
+	site   string
+	engine string
+	creds  *Credentials // holds the engine key
+	log    *slog.Logger
+	now    func() time.Time
+	count  func(kind, outcome string)
 	// refresh, if set, fetches the site keys again (bounded) when an
 	// item names a newer key version than this engine has.
 	refresh func(ctx context.Context)
