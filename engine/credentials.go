@@ -58,9 +58,38 @@ type Credentials struct {
 	keyMu sync.RWMutex
 	key   Key
 
+	waiting *waitBook
+}
+
+// waitBook is who waits for which reply, by item id. The connections an
+// engine moves between share one, so that a reply that arrives on the
+// other connection (the old one still draining, or the new one on the
+// same broker queue) still reaches who asked.
+type waitBook struct {
 	mu      sync.Mutex
 	pending map[string]chan reply
 }
+
+func newWaitBook() *waitBook { return &waitBook{pending: map[string]chan reply{}} }
+
+func (b *waitBook) add(id string, ch chan reply) {
+	b.mu.Lock()
+	b.pending[id] = ch
+	b.mu.Unlock()
+}
+
+// take returns and forgets who waits for id.
+func (b *waitBook) take(id string) (chan reply, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ch, ok := b.pending[id]
+	delete(b.pending, id)
+	return ch, ok
+}
+
+// ShareWaiting makes c deliver replies to, and take replies for, the
+// requests sent through prev (call before Run).
+func (c *Credentials) ShareWaiting(prev *Credentials) { c.waiting = prev.waiting }
 
 // reply is an opened reply: its kind and body.
 type reply struct {
@@ -89,7 +118,7 @@ func NewCredentials(conn connector.Connector, site, engine string, key Key, log 
 	c := &Credentials{
 		conn: conn, site: site, engine: engine,
 		timeout: DefaultRequestTimeout, log: log, now: time.Now,
-		pending: map[string]chan reply{},
+		waiting: newWaitBook(),
 	}
 	c.SetKey(key)
 	return c
@@ -156,10 +185,7 @@ func (c *Credentials) receive(_ context.Context, sealed []byte) {
 		c.drop(h.Kind.String(), "unexpected", "site", h.Site, "engine", h.Engine)
 		return
 	}
-	c.mu.Lock()
-	ch, ok := c.pending[h.ID]
-	delete(c.pending, h.ID)
-	c.mu.Unlock()
+	ch, ok := c.waiting.take(h.ID)
 	if !ok {
 		clear(body)
 		c.drop(h.Kind.String(), "nobody waits", "id", h.ID)
@@ -188,14 +214,8 @@ func (c *Credentials) call(ctx context.Context, kind, wantKind workitem.Kind, bo
 		return nil, err
 	}
 	ch := make(chan reply, 1)
-	c.mu.Lock()
-	c.pending[id] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-	}()
+	c.waiting.add(id, ch)
+	defer c.waiting.take(id)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	start := time.Now()

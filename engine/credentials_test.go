@@ -210,3 +210,43 @@ func TestStillAllowedChunks(t *testing.T) {
 		t.Fatalf("request sizes %v", sizes)
 	}
 }
+
+// TestCredentialsShareWaiting: after a move to another connection, a
+// reply to a request sent on the old one that arrives on the new one (and
+// the other way round) still reaches who asked.
+func TestCredentialsShareWaiting(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	oldConn, newConn := connector.NewMemory(64), connector.NewMemory(64)
+	oldCreds := NewCredentials(oldConn, testSite, testEngine, testKey, nil)
+	newCreds := NewCredentials(newConn, testSite, testEngine, testKey, nil)
+	newCreds.ShareWaiting(oldCreds)
+	go func() { _ = oldCreds.Run(ctx) }()
+	go func() { _ = newCreds.Run(ctx) }()
+	// The vault reads requests from the old connection and answers on the
+	// new one, and the other way round.
+	crossed := func(from, to connector.Connector) {
+		_ = from.Consume(ctx, names.RequestQueue(testSite), 8, func(ctx context.Context, d connector.Delivery) {
+			defer d.Ack()
+			h, _, err := workitem.Open(testKey.Bytes, d.Body(), time.Now())
+			if err != nil {
+				t.Errorf("open: %v", err)
+				return
+			}
+			out, _ := workitem.EncodeReply(&workitem.CredentialReply{Secrets: []string{"via-the-other"}})
+			reply, _ := workitem.Seal(testKey.Bytes, workitem.Header{Site: h.Site, ID: h.ID, Kind: workitem.KindCredentialReply,
+				Engine: h.Engine, KeyVersion: h.KeyVersion, Expiry: time.Now().Add(time.Minute)}, out)
+			_ = to.Publish(ctx, names.ReplyQueue(testSite, testEngine), reply, time.Minute)
+		})
+	}
+	go crossed(oldConn, newConn)
+	go crossed(newConn, oldConn)
+	id := gw.Identity{User: "alice"}
+	src := netip.MustParseAddrPort("192.0.2.1:1")
+	for _, c := range []*Credentials{oldCreds, newCreds} {
+		got, err := c.List(ctx, id, src)
+		if err != nil || len(got) != 1 || got[0] != "via-the-other" {
+			t.Fatalf("List through %v = %v, %v", c, got, err)
+		}
+	}
+}

@@ -117,9 +117,10 @@ type Engine struct {
 	connID   []byte               // SHA-256 over the connector's kind, URL and secret
 	conn     connector.Connector
 	connStop context.CancelFunc
-	connWG   sync.WaitGroup
+	connWG   *sync.WaitGroup
 	creds    *Credentials
 	work     *worker
+	retiring sync.WaitGroup // connections left behind, until their grace ends
 	gateway  *gw.Server
 	gwDone   chan error
 
@@ -499,11 +500,14 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, se
 	if err != nil {
 		return fmt.Errorf("connector %s: %w", cfg.Connector.Kind, err)
 	}
-	e.stopConnLocked()
-	cctx, cancel := context.WithCancel(e.runCtx)
-	e.conn, e.connStop = conn, cancel
 	creds := NewCredentials(conn, e.cfg.Site, e.id, key, e.log)
 	creds.count, creds.observe = e.metrics.count, e.metrics.observe
+	if e.creds != nil {
+		creds.ShareWaiting(e.creds)
+	}
+	e.retireConnLocked()
+	cctx, cancel := context.WithCancel(e.runCtx)
+	e.conn, e.connStop, e.connWG = conn, cancel, &sync.WaitGroup{}
 	e.creds = creds
 	e.link.set(creds)
 	w := newWorker(conn, e.cfg.Site, e.id, creds, e.log, e.cfg.Now)
@@ -511,14 +515,14 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, se
 	w.refresh = e.refreshKeys
 	e.work = w
 	e.connWG.Add(2)
-	go func() {
-		defer e.connWG.Done()
+	go func(wg *sync.WaitGroup) {
+		defer wg.Done()
 		e.keepConsuming(cctx, "replies", creds.Run)
-	}()
-	go func() {
-		defer e.connWG.Done()
+	}(e.connWG)
+	go func(wg *sync.WaitGroup) {
+		defer wg.Done()
 		e.keepConsuming(cctx, "work", w.Run)
-	}()
+	}(e.connWG)
 	e.metrics.up.Set(1)
 	e.log.Info("connected to the site connector", "connector", cfg.Connector.Kind)
 	return nil
@@ -552,13 +556,39 @@ func (e *Engine) stopConnLocked() {
 	if e.conn == nil {
 		return
 	}
-	e.connStop()
-	e.connWG.Wait()
-	_ = e.conn.Close()
-	e.creds.Close()
-	e.work.close()
+	stopConn(e.conn, e.connStop, e.connWG, e.creds, e.work)
 	e.conn, e.creds, e.work = nil, nil, nil
 	e.metrics.up.Set(0)
+}
+
+// retireConnLocked takes the current connection out of use: new requests
+// go to the next one, but this one keeps receiving, for as long as a
+// request may wait for its reply, the replies to requests sent on it and
+// the site's work still queued there. Then it is stopped. Callers hold
+// e.mu.
+func (e *Engine) retireConnLocked() {
+	if e.conn == nil {
+		return
+	}
+	conn, stop, wg, creds, work := e.conn, e.connStop, e.connWG, e.creds, e.work
+	e.conn, e.creds, e.work = nil, nil, nil
+	e.retiring.Add(1)
+	go func() {
+		defer e.retiring.Done()
+		select {
+		case <-time.After(creds.timeout + time.Second):
+		case <-e.runCtx.Done():
+		}
+		stopConn(conn, stop, wg, creds, work)
+	}()
+}
+
+func stopConn(conn connector.Connector, stop context.CancelFunc, wg *sync.WaitGroup, creds *Credentials, work *worker) {
+	stop()
+	wg.Wait()
+	_ = conn.Close()
+	creds.Close()
+	work.close()
 }
 
 // startGatewayLocked starts the SSH gateway; callers hold e.mu.
@@ -626,6 +656,8 @@ func (e *Engine) stopAll(cause error) error {
 	e.stopConnLocked()
 	e.link.set(nil)
 	e.mu.Unlock()
+	e.runCancel()
+	e.retiring.Wait() // the run context has ended: they stop now
 	if errors.Is(cause, context.Canceled) {
 		return nil
 	}
