@@ -84,6 +84,36 @@ func TestDistributedRabbitMQ(t *testing.T) {
 		waitPing(t, c, "west")
 	})
 
+	t.Run("a site moves between connectors with work queued", func(t *testing.T) {
+		// west's engine is stopped while a ping waits in west's RabbitMQ
+		// queue; west moves to the vault's built-in connector; the engine
+		// starts again from the configuration it saved (RabbitMQ), follows
+		// the move at its first pull, and answers the moved ping. Then
+		// west moves back, and the running engine follows again.
+		if err := west.stop(); err != nil {
+			t.Fatal(err)
+		}
+		pinged := make(chan pingResult, 1)
+		go func() { id, r := c.ping("west"); pinged <- pingResult{id, r} }()
+		waitFor(t, "the ping in west's RabbitMQ queue", func() bool {
+			return c.VaultMetric(t, "sallyport_vault_queue_depth", `site="west"`, `queue="work"`) == 1
+		})
+		c.Ctl(t, "site", "set-connector", "west", "builtin")
+		c.runEngine(t, west)
+		if p := <-pinged; p.id != west.ID {
+			t.Fatalf("the ping queued before the move: want %s:\n%s\nengine log:\n%s", west.ID, p.r, west.LogTail(20))
+		}
+		waitPing(t, c, "west")
+		c.Ctl(t, "site", "set-connector", "west", rb.URL(), "--connector-secret-file", pass)
+		waitFor(t, "the engine following west back to RabbitMQ", func() bool {
+			return strings.Count(string(west.Log()), `msg="connected to the site connector"`) >= 3
+		})
+		waitPing(t, c, "west")
+		if got := c.VaultMetric(t, "sallyport_vault_queue_depth", `site="west"`, `queue="work"`); got != 0 {
+			t.Errorf("west's work queue holds %v items after the moves", got)
+		}
+	})
+
 	t.Run("broker restarted under logins", func(t *testing.T) {
 		loginsAcrossRestart(t, c, east, secret, func() {
 			if err := rb.Restart(); err != nil {
@@ -181,6 +211,12 @@ func loginsAcrossRestart(t *testing.T, c *cluster, e *engineProc, secret string,
 	if len(seen) == 0 {
 		t.Error("the vault's log has no checkout with an item id")
 	}
+}
+
+// pingResult is what a site ping printed and the engine id it named.
+type pingResult struct {
+	id string
+	r  result
 }
 
 var auditItem = regexp.MustCompile(`audit=checkout outcome=\S+ .*?item=([0-9a-f]+)`)

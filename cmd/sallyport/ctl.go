@@ -198,24 +198,34 @@ func flagError(err error) error {
 // parseNamed parses a subcommand's flags around one positional NAME, which
 // may come first ("secret add web01 --host h") or after the flags.
 func parseNamed(fs *flag.FlagSet, args []string) (string, error) {
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		return "", flagError(err)
-	}
-	rest := fs.Args()
-	if name == "" && len(rest) > 0 {
-		name, rest = rest[0], rest[1:]
+	pos, err := parsePositional(fs, args)
+	if err != nil {
+		return "", err
 	}
 	switch {
-	case len(rest) > 0:
-		return "", usagef("%s: unexpected argument %q", fs.Name(), rest[0])
-	case name == "":
+	case len(pos) > 1:
+		return "", usagef("%s: unexpected argument %q", fs.Name(), pos[1])
+	case len(pos) == 0:
 		return "", usagef("%s: missing NAME", fs.Name())
 	}
-	return name, nil
+	return pos[0], nil
+}
+
+// parsePositional parses flags wherever they stand among the positional
+// arguments (`site set-connector west amqp://… --connector-secret-file F`
+// as well as flags first) and returns the positional ones in order.
+func parsePositional(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, flagError(err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
 }
 
 // parseNone parses a subcommand that takes no positional argument.

@@ -407,3 +407,30 @@ func FuzzReadPasswordLine(f *testing.F) {
 		}
 	})
 }
+
+// TestParsePositional: flags may stand before, between or after the
+// positional arguments, which keep their order.
+func TestParsePositional(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		pos  string
+		file string
+	}{
+		{[]string{"west", "amqp://h/", "--connector-secret-file", "f"}, "west amqp://h/", "f"},
+		{[]string{"--connector-secret-file", "f", "west", "amqp://h/"}, "west amqp://h/", "f"},
+		{[]string{"west", "--connector-secret-file=f", "amqp://h/"}, "west amqp://h/", "f"},
+		{[]string{"west", "builtin"}, "west builtin", ""},
+		{nil, "", ""},
+	} {
+		fs := newFlagSet("site set-connector")
+		file := fs.String("connector-secret-file", "", "")
+		pos, err := parsePositional(fs, tc.args)
+		if err != nil || strings.Join(pos, " ") != tc.pos || *file != tc.file {
+			t.Errorf("%q: %q, file %q, %v", tc.args, pos, *file, err)
+		}
+	}
+	fs := newFlagSet("site set-connector")
+	if _, err := parsePositional(fs, []string{"west", "--no-such-flag"}); err == nil {
+		t.Error("an unknown flag after the arguments was accepted")
+	}
+}

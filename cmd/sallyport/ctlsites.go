@@ -100,16 +100,12 @@ func ctlSiteAdd(ctx context.Context, env *ctlEnv, args []string) error {
 func ctlSiteSetConnector(ctx context.Context, env *ctlEnv, args []string) error {
 	fs := newFlagSet("site set-connector")
 	secretFile := fs.String("connector-secret-file", "", "file (0600) holding the broker password")
-	if err := fs.Parse(args); err != nil {
-		return flagError(err)
+	rest, err := parsePositional(fs, args)
+	if err != nil {
+		return err
 	}
-	rest := fs.Args()
 	if len(rest) != 2 {
 		return usagef("site set-connector: want SITE and CONNECTOR (builtin or an amqp(s):// URL)")
-	}
-	// Flags may follow the arguments too.
-	if err := fs.Parse(rest[2:]); err != nil {
-		return flagError(err)
 	}
 	cf := connectorFlags{kind: rest[1], secretFile: *secretFile}
 	spec, err := cf.spec("site set-connector")
