@@ -20,7 +20,12 @@
 //   - bench_test.go: the benchmarks behind `make bench`, each measuring the
 //     proxy side by side with direct OpenSSH to the same sshd (see
 //     BENCHMARKS.md). When -test.bench selects benchmarks, TestMain builds the
-//     binary without -race, so that they measure what ships.
+//     binary without -race, so that they measure what ships;
+//   - bench_connector_test.go: in-process benchmarks of the site connectors
+//     (credential round trips over Memory, the built-in connector and
+//     RabbitMQ; sealed work items over RabbitMQ against amqp091-go alone);
+//   - bench_cluster_test.go: SSH setup through a separate engine of a
+//     vault cluster against `sallyport dev`.
 //
 // Every client run through the gateway connects from its own loopback
 // source address (127.0.x.y), so that the gateway's per-source failed-login
