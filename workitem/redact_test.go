@@ -15,5 +15,9 @@ func TestRedacts(t *testing.T) {
 		{Name: "Credential private key", Value: &Credential{Secret: "web01", Host: "h", Username: "root", PrivateKey: key}, Secret: key},
 		{Name: "CredentialReply", Value: CredentialReply{Credential: &Credential{Username: "root", Password: pw}}, Secret: pw},
 		{Name: "LoginRequest", Value: LoginRequest{Op: "password", User: "alice", Secret: login}, Secret: login},
+		{Name: "Secret", Value: Secret{Password: pw}, Secret: pw},
+		{Name: "Task", Value: Task{Op: TaskChange, Secret: "web01", Current: Secret{Password: pw},
+			Candidates: []Secret{{PrivateKey: key}}, Privileged: &Secret{Password: login}}, Secret: key},
+		{Name: "Task privileged", Value: &Task{Op: TaskChange, Privileged: &Secret{Password: login}}, Secret: login},
 	})
 }

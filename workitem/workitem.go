@@ -51,9 +51,14 @@ const (
 	KindPing Kind = 5
 	// KindPong: engine → vault (engine key): the answer to a ping.
 	KindPong Kind = 6
-	// Kinds 7 and up are for the heartbeat and password-change work that
-	// follows; Open refuses them until they exist.
-	kindLimit Kind = 7
+	// KindTask: vault → any engine of a site (site key): a heartbeat, a
+	// password change or a reconciliation check on one secret's target
+	// (see Task).
+	KindTask Kind = 7
+	// KindTaskResult: engine → vault (engine key): what a task found.
+	KindTaskResult Kind = 8
+	// Kinds from here on do not exist yet; Open refuses them.
+	kindLimit Kind = 9
 )
 
 func (k Kind) String() string {
@@ -70,6 +75,10 @@ func (k Kind) String() string {
 		return "ping"
 	case KindPong:
 		return "pong"
+	case KindTask:
+		return "task"
+	case KindTaskResult:
+		return "task-result"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -77,7 +86,7 @@ func (k Kind) String() string {
 // SiteKeyed reports whether items of kind k are sealed under their site's
 // key (work for any engine of the site) rather than under one engine's
 // key (everything an engine sends, and everything sent to one engine).
-func (k Kind) SiteKeyed() bool { return k == KindPing }
+func (k Kind) SiteKeyed() bool { return k == KindPing || k == KindTask }
 
 // Header is the authenticated, unencrypted part of a sealed item.
 type Header struct {
