@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
@@ -68,6 +69,12 @@ type secretRequest struct {
 	PinOnFirstUse bool     `json:"pin_on_first_use"`
 	Allow         []string `json:"allow"`
 	Site          string   `json:"site,omitempty"`
+	// Maintenance (see SecretSpec); durations in nanoseconds.
+	Heartbeat      time.Duration `json:"heartbeat_ns,omitempty"`
+	Rotate         time.Duration `json:"rotate_ns,omitempty"`
+	RotateAfterUse bool          `json:"rotate_after_use,omitempty"`
+	ChangeMethod   string        `json:"change_method,omitempty"`
+	PasswordRule   string        `json:"password_rule,omitempty"`
 }
 
 // String redacts the credential. The JSON encoding is the API's wire form

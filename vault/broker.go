@@ -371,6 +371,7 @@ func (v *Vault) checkout(ctx context.Context, site string, ev audit.Event, req *
 	ev.Outcome = "ok"
 	ev.Attrs = append(ev.Attrs, slog.String("target", fmt.Sprintf("%s@%s:%d", r.username, r.host, r.port)))
 	v.sink.Record(ctx, ev)
+	v.noteUse(ctx, r.name)
 	return &workitem.CredentialReply{Credential: c}
 }
 
@@ -386,6 +387,13 @@ func (v *Vault) recheck(ctx context.Context, site string, ev audit.Event, req *w
 		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 	}
 	out := make([]bool, len(req.Grants))
+	inUse := map[string]bool{}
+	defer func() {
+		// Live sessions keep a rotate-after-use secret from rotating.
+		for secret := range inUse {
+			v.noteUse(ctx, secret)
+		}
+	}()
 	for i, g := range req.Grants {
 		ok, err := v.grantHolds(ctx, site, &g)
 		if err != nil {
@@ -393,6 +401,9 @@ func (v *Vault) recheck(ctx context.Context, site string, ev audit.Event, req *w
 			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 		}
 		out[i] = ok
+		if ok {
+			inUse[g.Secret] = true
+		}
 		if !ok {
 			e := ev
 			e.Kind, e.Outcome = "grant_revoked", "denied"

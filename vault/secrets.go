@@ -59,6 +59,20 @@ type SecretSpec struct {
 	// Site is where the target is: only that site's engines check it out.
 	// Empty means DefaultSite.
 	Site string
+	// Heartbeat and Rotate are how often the credential is checked and
+	// changed (0: never; at least a minute).
+	Heartbeat time.Duration
+	Rotate    time.Duration
+	// RotateAfterUse rotates the credential once the last session on it
+	// has ended.
+	RotateAfterUse bool
+	// ChangeMethod is how a rotation changes the credential: ChangeSelf,
+	// "privileged:SECRET" or ChangeKey; empty takes self for a password
+	// and key for a private key.
+	ChangeMethod string
+	// PasswordRule is the rule new passwords follow (see package
+	// passrule); empty is passrule.Default.
+	PasswordRule string
 }
 
 // Wipe overwrites the credential.
@@ -103,6 +117,8 @@ type SecretInfo struct {
 	Site     string    `json:"site"`
 	Created  time.Time `json:"created"`
 	Updated  time.Time `json:"updated"`
+	// Maintenance is the heartbeat and rotation settings and state.
+	Maintenance Maintenance `json:"maintenance"`
 }
 
 // parseHostKey parses a single authorized_keys line without options;
@@ -298,6 +314,9 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 	if pub != nil {
 		row.hostKey = pub.Marshal()
 	}
+	if err := s.validateSchedule(row.kind); err != nil {
+		return err
+	}
 	dek := make([]byte, 32)
 	defer clear(dek)
 	if _, err := rand.Read(dek); err != nil {
@@ -338,6 +357,12 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO secret_allow (secret, entry) VALUES (?, ?)`, row.name, e); err != nil {
 			return fmt.Errorf("vault: add secret: %w", err)
 		}
+	}
+	if err := v.checkPrivileged(ctx, tx, &s); err != nil {
+		return err
+	}
+	if err := v.insertSchedule(ctx, tx, &s, now); err != nil {
+		return fmt.Errorf("vault: add secret: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
@@ -467,9 +492,15 @@ func (v *Vault) ListSecrets(ctx context.Context) ([]SecretInfo, error) {
 	if err := arows.Err(); err != nil {
 		return nil, fmt.Errorf("vault: list secrets: %w", err)
 	}
+	maint, err := v.maintenanceOf(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vault: list secrets: %w", err)
+	}
 	out := make([]SecretInfo, 0, len(list))
 	for _, r := range list {
-		out = append(out, r.info(allow[r.name]))
+		si := r.info(allow[r.name])
+		si.Maintenance = maint[r.name]
+		out = append(out, si)
 	}
 	return out, nil
 }
@@ -484,7 +515,11 @@ func (v *Vault) ShowSecret(ctx context.Context, name string) (SecretInfo, error)
 	if err != nil {
 		return SecretInfo{}, fmt.Errorf("vault: show secret: %w", err)
 	}
-	return r.info(allow), nil
+	si := r.info(allow)
+	if si.Maintenance, err = scanMaintenance(v.db.QueryRowContext(ctx, `SELECT `+scheduleColumns+` FROM secret_schedule WHERE secret = ?`, name)); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return SecretInfo{}, fmt.Errorf("vault: show secret: %w", err)
+	}
+	return si, nil
 }
 
 type querier interface {

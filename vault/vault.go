@@ -47,6 +47,7 @@ type Option func(*options)
 type options struct {
 	now      func() time.Time
 	fallback hsm.Provider
+	timings  MaintenanceTimings
 }
 
 // WithFallbackKeys tells the vault to look for a key-encryption key its own
@@ -93,6 +94,8 @@ type Vault struct {
 	// replays remembers the requests taken, so a replayed or redelivered
 	// one is acted on once.
 	replays *workitem.ReplayCache
+	// timings are the maintenance scheduler's (heartbeats, rotations).
+	timings MaintenanceTimings
 }
 
 // Open opens (creating and migrating) the SQLite vault at path. keys must
@@ -138,6 +141,7 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 		hashSem:  make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 		fallback: o.fallback,
 		replays:  workitem.NewReplayCache(0, o.now),
+		timings:  o.timings.withDefaults(),
 	}
 	if err := v.migrate(ctx); err != nil {
 		_ = db.Close() // the open error is the one worth reporting
@@ -313,6 +317,62 @@ CREATE TABLE engines (
 	kek         TEXT NOT NULL
 ) STRICT;
 CREATE INDEX engines_site ON engines(site);
+`,
+	// Version 5: heartbeats and rotations. Every secret has a schedule
+	// row; rotations keep their sealed candidates until settled; history
+	// holds every step (never a value).
+	`
+CREATE TABLE secret_schedule (
+	secret           TEXT PRIMARY KEY REFERENCES secrets(name) ON DELETE CASCADE ON UPDATE CASCADE,
+	heartbeat_every  INTEGER NOT NULL DEFAULT 0,  -- nanoseconds; 0 = off
+	rotate_every     INTEGER NOT NULL DEFAULT 0,
+	rotate_after_use INTEGER NOT NULL DEFAULT 0 CHECK (rotate_after_use IN (0, 1)),
+	change_method    TEXT NOT NULL,               -- self, privileged:SECRET, key
+	password_rule    TEXT NOT NULL DEFAULT '',
+	generation       INTEGER NOT NULL DEFAULT 0,  -- +1 per promoted rotation
+	hb_due           INTEGER NOT NULL DEFAULT 0,  -- next heartbeat (unix ns); 0 = none planned
+	hb_item          TEXT NOT NULL DEFAULT '',    -- the heartbeat item in flight
+	hb_resend        INTEGER NOT NULL DEFAULT 0,  -- no other heartbeat before this
+	hb_outcome       TEXT NOT NULL DEFAULT '',
+	hb_at            INTEGER NOT NULL DEFAULT 0,
+	hb_engine        TEXT NOT NULL DEFAULT '',
+	rotate_due       INTEGER NOT NULL DEFAULT 0,
+	rotate_now       INTEGER NOT NULL DEFAULT 0 CHECK (rotate_now IN (0, 1)),
+	rotated_at       INTEGER NOT NULL DEFAULT 0,
+	used             INTEGER NOT NULL DEFAULT 0 CHECK (used IN (0, 1)),
+	last_use         INTEGER NOT NULL DEFAULT 0
+) STRICT;
+INSERT INTO secret_schedule (secret, change_method)
+	SELECT name, CASE kind WHEN 'private-key' THEN 'key' ELSE 'self' END FROM secrets;
+CREATE TABLE rotations (
+	id              TEXT PRIMARY KEY,
+	secret          TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE ON UPDATE CASCADE,
+	state           TEXT NOT NULL CHECK (state IN ('open', 'done', 'failed')),
+	phase           TEXT NOT NULL CHECK (phase IN ('change', 'verify')),
+	candidate       BLOB NOT NULL,                -- sealed under the secret's data key; empty once settled
+	candidate_kind  TEXT NOT NULL,
+	reason          TEXT NOT NULL,
+	base_generation INTEGER NOT NULL,             -- the credential generation it replaces
+	item            TEXT NOT NULL DEFAULT '',     -- the item in flight
+	sent            INTEGER NOT NULL DEFAULT 0,
+	resend          INTEGER NOT NULL DEFAULT 0,   -- no other item before this
+	verify_set      TEXT NOT NULL DEFAULT '',     -- rotation ids of a verify's candidates, in order
+	outcome         TEXT NOT NULL DEFAULT '',
+	created         INTEGER NOT NULL,
+	updated         INTEGER NOT NULL
+) STRICT;
+CREATE INDEX rotations_secret ON rotations(secret, state);
+CREATE TABLE secret_history (
+	id       INTEGER PRIMARY KEY AUTOINCREMENT,
+	secret   TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE ON UPDATE CASCADE,
+	at       INTEGER NOT NULL,
+	event    TEXT NOT NULL,
+	outcome  TEXT NOT NULL,
+	engine   TEXT NOT NULL DEFAULT '',
+	rotation TEXT NOT NULL DEFAULT '',
+	detail   TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX secret_history_secret ON secret_history(secret, id);
 `,
 }
 

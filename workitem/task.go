@@ -265,7 +265,7 @@ func DecodeTask(body []byte) (*Task, error) {
 			return fail("bad layout")
 		}
 		n := binary.BigEndian.Uint32(rest)
-		if n == 0 || n > maxBlob || uint64(len(rest)-4) < uint64(n) {
+		if n == 0 || n > maxBlob || len(rest)-4 < int(n) {
 			return fail("bad secret length")
 		}
 		b := bytes.Clone(rest[4 : 4+n])
