@@ -153,6 +153,9 @@ func NewAPI(v *Vault, tokenSHA256 [32]byte, metrics http.Handler, log *slog.Logg
 	mux.HandleFunc("POST /v1/users/{name}/enable", a.disableUser(false))
 	mux.HandleFunc("POST /v1/secrets/{name}/disable", a.disableSecret(true))
 	mux.HandleFunc("POST /v1/secrets/{name}/enable", a.disableSecret(false))
+	mux.HandleFunc("POST /v1/secrets/{name}/heartbeat", a.secretNow("admin_secret_heartbeat", a.v.RequestHeartbeat))
+	mux.HandleFunc("POST /v1/secrets/{name}/rotate", a.secretNow("admin_secret_rotate", a.v.RequestRotation))
+	mux.HandleFunc("GET /v1/secrets/{name}/history", a.secretHistory)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -226,6 +229,8 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusConflict, apiError{Error: "already exists"})
 	case errors.Is(err, ErrRevoked):
 		writeJSON(w, http.StatusConflict, apiError{Error: "revoked"})
+	case errors.Is(err, ErrConflict):
+		writeJSON(w, http.StatusConflict, apiError{Error: strings.TrimPrefix(err.Error(), "vault: ")})
 	default:
 		a.log.Error("admin API request failed", slog.String("method", r.Method),
 			slog.String("path", logSafe(r.URL.Path)), slog.Any("error", err))
@@ -414,6 +419,35 @@ func (a *api) disableSecret(disabled bool) http.HandlerFunc {
 		kind = "admin_secret_disable"
 	}
 	return a.setDisabled(kind, a.v.SetSecretDisabled)
+}
+
+// secretNow serves POST /v1/secrets/{name}/heartbeat and /rotate: the
+// work is made due now (202); the scheduler sends it.
+func (a *api) secretNow(kind string, now func(ctx context.Context, name string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		err := now(r.Context(), name)
+		a.record(r, kind, err, slog.String("subject", logSafe(name)))
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+// historyList is the answer to GET /v1/secrets/{name}/history.
+type historyList struct {
+	History []HistoryEntry `json:"history"`
+}
+
+func (a *api) secretHistory(w http.ResponseWriter, r *http.Request) {
+	h, err := a.v.History(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, historyList{History: h})
 }
 
 func (a *api) setDisabled(kind string, set func(ctx context.Context, name string, disabled bool) error) http.HandlerFunc {

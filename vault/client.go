@@ -245,6 +245,23 @@ func (c *Client) SetSecretDisabled(ctx context.Context, name string, disabled bo
 	return c.do(ctx, http.MethodPost, "/v1/secrets/"+url.PathEscape(name)+"/"+disableVerb(disabled), nil, http.StatusNoContent, nil)
 }
 
+// HeartbeatSecret makes a heartbeat of the secret due now.
+func (c *Client) HeartbeatSecret(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/secrets/"+url.PathEscape(name)+"/heartbeat", nil, http.StatusAccepted, nil)
+}
+
+// RotateSecret makes a rotation of the secret due now.
+func (c *Client) RotateSecret(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/secrets/"+url.PathEscape(name)+"/rotate", nil, http.StatusAccepted, nil)
+}
+
+// SecretHistory returns the secret's heartbeats and rotation steps.
+func (c *Client) SecretHistory(ctx context.Context, name string) ([]HistoryEntry, error) {
+	var out historyList
+	err := c.do(ctx, http.MethodGet, "/v1/secrets/"+url.PathEscape(name)+"/history", nil, http.StatusOK, &out)
+	return out.History, err
+}
+
 func disableVerb(disabled bool) string {
 	if disabled {
 		return "disable"

@@ -68,6 +68,9 @@ type DaemonConfig struct {
 	Registry prometheus.Registerer
 	// Metrics is served at /metrics (behind the admin token); nil: none.
 	Metrics http.Handler
+	// MaintainEvery is how often the heartbeat and rotation scheduler
+	// looks for due work (default 1 s).
+	MaintainEvery time.Duration
 	// SitePoll is how often the site list is checked for new sites and
 	// changed connectors. Default 5 s.
 	SitePoll time.Duration
@@ -90,6 +93,7 @@ type Daemon struct {
 
 	items    *prometheus.CounterVec
 	pingRTT  prometheus.Histogram
+	tasks    *prometheus.CounterVec
 	pongs    *pongBook
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -150,13 +154,17 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		Name: "sallyport_vault_items_total",
 		Help: "Work items the vault received from engines, by site, kind and outcome (ok, or why it was rejected).",
 	}, []string{"site", "kind", "outcome"})
+	d.tasks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sallyport_vault_tasks_total",
+		Help: "Heartbeat, change and verify results from engines, by site, op and how the current credential fared.",
+	}, []string{"site", "op", "outcome"})
 	d.pingRTT = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "sallyport_vault_ping_seconds",
 		Help:    "Round trips of site pings: vault → site work queue → an engine → result queue → vault.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(d.items, d.pingRTT, newEngineCollector(v), newQueueCollector(d))
+		cfg.Registry.MustRegister(d.items, d.pingRTT, d.tasks, newEngineCollector(v), newQueueCollector(d))
 	}
 	api := NewAPI(v, cfg.TokenSHA256, cfg.Metrics, cfg.Log,
 		WithRevokeHook(d.revoked), WithBuiltinURL(d.builtinURL), WithPinger(d.Ping), WithSitesChanged(d.SyncSites))
@@ -210,10 +218,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
 		d.watchSites()
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.maintain()
 	}()
 	select {
 	case <-d.ctx.Done():
@@ -487,8 +499,8 @@ func (d *Daemon) sharedAMQP(ctx context.Context, url string, secret []byte) (con
 	return conn, nil
 }
 
-// serveResults takes what a site's engines send back on its result queue:
-// pongs (for now), each sealed under its engine's key.
+// serveResults takes what a site's engines send back on its result queue
+// (pongs and task results), each sealed under its engine's key.
 func (d *Daemon) serveResults(ctx context.Context, conn connector.Connector, site string, count ItemCounter) error {
 	queue := names.ResultQueue(site)
 	if err := conn.Declare(ctx, queue, connector.Shared); err != nil {
@@ -530,6 +542,10 @@ func (d *Daemon) result(ctx context.Context, site string, msg []byte, count Item
 	defer clear(body)
 	if !v.replays.Take(h.Site+"/"+h.Engine+"/"+h.ID, h.Expiry) {
 		v.reject(site, kind, rejectReplay, count)
+		return
+	}
+	if h.Kind == workitem.KindTaskResult {
+		d.taskResult(ctx, site, h, body, count)
 		return
 	}
 	if h.Kind != workitem.KindPong {

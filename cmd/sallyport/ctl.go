@@ -33,9 +33,12 @@ commands:
   user disable NAME | user enable NAME
   secret add NAME --host H [--port 22] --username U (--password-stdin | --private-key-file F)
                   (--host-key 'ssh-ed25519 AAAA...' | --pin-on-first-use) --allow alice[,bob,group:ops]
-                  [--site SITE]
+                  [--site SITE] [--heartbeat 1h] [--rotate 30d] [--rotate-after-use]
+                  [--change-method self | privileged:SECRET | key] [--password-rule 'len=24,classes=ulds,exclude=@:/']
   secret list [--json]
   secret show NAME
+  secret heartbeat NAME | secret rotate NAME     (now, on an engine of its site)
+  secret history NAME [--json]
   secret rm NAME
   secret disable NAME | secret enable NAME
   site add NAME [--connector builtin | --connector amqps://user@host:5671/vhost --connector-secret-file F]
@@ -161,6 +164,12 @@ func runCtl(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return ctlSecretShow(ctx, env, rest)
 	case "secret rm":
 		return ctlNamed(ctx, env, "secret rm", rest, (*vault.Client).RemoveSecret)
+	case "secret heartbeat":
+		return ctlNamed(ctx, env, "secret heartbeat", rest, (*vault.Client).HeartbeatSecret)
+	case "secret rotate":
+		return ctlNamed(ctx, env, "secret rotate", rest, (*vault.Client).RotateSecret)
+	case "secret history":
+		return ctlSecretHistory(ctx, env, rest)
 	case "user disable", "user enable":
 		return ctlNamed(ctx, env, noun+" "+verb, rest, setDisabled((*vault.Client).SetUserDisabled, verb == "disable"))
 	case "secret disable", "secret enable":
@@ -462,6 +471,11 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	pin := fs.Bool("pin-on-first-use", false, "trust and record the first host key the gateway sees")
 	allow := fs.String("allow", "", "comma-separated users and group:NAME entries who may use the secret")
 	site := fs.String("site", "", "the site whose engines reach the target (default: default)")
+	heartbeat := fs.String("heartbeat", "", "check that the credential logs in this often (e.g. 1h; default never)")
+	rotate := fs.String("rotate", "", "change the credential this often (e.g. 30d; default never)")
+	afterUse := fs.Bool("rotate-after-use", false, "change the credential once the last session on it has ended")
+	method := fs.String("change-method", "", "self (passwd), privileged:SECRET (chpasswd as another secret) or key (default: self for a password, key for a key)")
+	rule := fs.String("password-rule", "", "rule for new passwords, e.g. 'len=24,classes=ulds,exclude=@:/'")
 	name, err := parseNamed(fs, args)
 	if err != nil {
 		return err
@@ -486,6 +500,13 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	spec := vault.SecretSpec{
 		Name: name, Host: *host, Port: *port, Username: *username,
 		HostKey: strings.TrimSpace(*hostKey), PinOnFirstUse: *pin, Allow: splitList(*allow), Site: *site,
+		RotateAfterUse: *afterUse, ChangeMethod: *method, PasswordRule: *rule,
+	}
+	if spec.Heartbeat, err = parseInterval("heartbeat", *heartbeat); err != nil {
+		return err
+	}
+	if spec.Rotate, err = parseInterval("rotate", *rotate); err != nil {
+		return err
 	}
 	defer spec.Wipe()
 	if *pwStdin {
@@ -524,12 +545,115 @@ func ctlSecretList(ctx context.Context, env *ctlEnv, args []string) error {
 		return writeJSONRows(env.stdout, list)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSITE\tTARGET\tKIND\tHOST KEY\tALLOW\tSTATE")
+	fmt.Fprintln(tw, "NAME\tSITE\tTARGET\tKIND\tHOST KEY\tALLOW\tSTATE\tHEARTBEAT\tROTATED\tNEXT")
 	for _, s := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(s.Site), printable(target(s)), printable(s.Kind),
-			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")), state(s.Disabled))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.Name), printable(s.Site), printable(target(s)), printable(s.Kind),
+			printable(hostKeySummary(s)), printable(strings.Join(s.Allow, ",")), state(s.Disabled),
+			printable(lastHeartbeat(s.Maintenance)), when(s.Maintenance.LastRotation), printable(nextDue(s.Maintenance)))
 	}
 	return tw.Flush()
+}
+
+// parseInterval reads a maintenance interval: Go's duration syntax, or a
+// whole number of days ("30d"); "" is never (0).
+func parseInterval(flagName, v string) (time.Duration, error) {
+	if v == "" || v == "0" {
+		return 0, nil
+	}
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 1 || n > 3650 {
+			return 0, usagef("--%s: %q: want a duration such as 12h or 30d", flagName, v)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, usagef("--%s: %q: want a duration such as 12h or 30d", flagName, v)
+	}
+	return d, nil
+}
+
+func every(d vault.Duration) string {
+	if d == 0 {
+		return "never"
+	}
+	if x := time.Duration(d); x%(24*time.Hour) == 0 {
+		return strconv.Itoa(int(x/(24*time.Hour))) + "d"
+	}
+	return time.Duration(d).String()
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.RFC3339)
+}
+
+// lastHeartbeat is "ok 2026-11-29T12:00:00Z (engine 1a2b)" or "-".
+func lastHeartbeat(m vault.Maintenance) string {
+	if m.LastHeartbeat == "" {
+		return "-"
+	}
+	s := m.LastHeartbeat + " " + when(m.LastHeartbeatAt)
+	if m.LastHeartbeatEngine != "" {
+		s += " (engine " + m.LastHeartbeatEngine + ")"
+	}
+	return s
+}
+
+// nextDue names what is due next, or the rotation under way.
+func nextDue(m vault.Maintenance) string {
+	if m.Rotation != "" {
+		return "rotation under way (" + m.Rotation + ")"
+	}
+	var parts []string
+	if !m.NextHeartbeat.IsZero() {
+		parts = append(parts, "heartbeat "+when(m.NextHeartbeat))
+	}
+	if !m.NextRotation.IsZero() {
+		parts = append(parts, "rotation "+when(m.NextRotation))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func ctlSecretHistory(ctx context.Context, env *ctlEnv, args []string) error {
+	fs := newFlagSet("secret history")
+	asJSON := fs.Bool("json", false, "one JSON object per line")
+	name, err := parseNamed(fs, args)
+	if err != nil {
+		return err
+	}
+	c, err := env.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h, err := c.SecretHistory(ctx, name)
+	if err != nil {
+		return fmt.Errorf("secret history %s: %w", name, err)
+	}
+	if *asJSON {
+		return writeJSONRows(env.stdout, h)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tEVENT\tOUTCOME\tENGINE\tROTATION\tDETAIL")
+	for _, e := range h {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", when(e.At), printable(e.Event), printable(e.Outcome),
+			printable(dash(e.Engine)), printable(dash(e.Rotation)), printable(dash(e.Detail)))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func target(s vault.SecretInfo) string {
@@ -579,6 +703,14 @@ func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
 		{"site", s.Site},
 		{"state", state(s.Disabled)},
 		{"allow", strings.Join(s.Allow, ",")},
+		{"heartbeat every", every(s.Maintenance.Heartbeat)},
+		{"rotate every", every(s.Maintenance.Rotate)},
+		{"rotate after use", yesNo(s.Maintenance.RotateAfterUse)},
+		{"change method", s.Maintenance.ChangeMethod},
+		{"password rule", s.Maintenance.PasswordRule},
+		{"last heartbeat", lastHeartbeat(s.Maintenance)},
+		{"last rotation", when(s.Maintenance.LastRotation)},
+		{"next", nextDue(s.Maintenance)},
 		{"created", s.Created.Local().Format(time.RFC3339)},
 		{"updated", s.Updated.Local().Format(time.RFC3339)},
 	} {

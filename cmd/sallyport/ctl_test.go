@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -432,5 +433,18 @@ func TestParsePositional(t *testing.T) {
 	fs := newFlagSet("site set-connector")
 	if _, err := parsePositional(fs, []string{"west", "--no-such-flag"}); err == nil {
 		t.Error("an unknown flag after the arguments was accepted")
+	}
+}
+
+func TestParseInterval(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 0, "0": 0, "1h": time.Hour, "90m": 90 * time.Minute, "30d": 30 * 24 * time.Hour} {
+		if got, err := parseInterval("rotate", in); err != nil || got != want {
+			t.Errorf("%q: %v %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"-1h", "d", "1.5d", "0d", "9999d", "soon", "1y"} {
+		if _, err := parseInterval("rotate", in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
 	}
 }
