@@ -1000,3 +1000,23 @@ func (v *Vault) promote(ctx context.Context, tx *sql.Tx, r *secretRow, id string
 	}
 	return v.record(ctx, tx, r.name, "rotation_promoted", "ok", "", id, "")
 }
+
+// Reveal returns a secret's stored credential and its kind, for a
+// break-glass retrieval by whoever holds the vault's data directory and
+// its key-encryption key (`sallyport keys reveal`, offline). It is
+// recorded in the secret's history and audited. The caller wipes it.
+func (v *Vault) Reveal(ctx context.Context, name, who string) ([]byte, string, error) {
+	r, err := v.loadSecret(ctx, v.db, name)
+	if err != nil {
+		return nil, "", err
+	}
+	cred, err := v.openCredential(ctx, r)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := v.record(ctx, v.db, name, "secret_revealed", "ok", "", "", who); err != nil {
+		clear(cred)
+		return nil, "", err
+	}
+	return cred, r.kind, nil
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -85,6 +86,8 @@ commands:
   migrate     move a vault from the soft keystore (DIR/keystore.json) to the
               PKCS#11 token the configuration names; resumes if interrupted
   status      show the key-encryption keys in use and what is left to re-wrap
+  reveal NAME print the credential stored for secret NAME (break-glass, for when
+              the bastion is down; recorded in the secret's history and audited)
 
 They work offline: stop 'sallyport dev' first. PINs are read from the file or
 environment variable the configuration names, never from the command line.
@@ -104,7 +107,14 @@ environment variable the configuration names, never from the command line.
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	if fs.NArg() != 0 {
+	var name string
+	if cmd == "reveal" {
+		if fs.NArg() != 1 {
+			fmt.Fprintln(stderr, "sallyport keys reveal: want the secret's NAME")
+			return 2
+		}
+		name = fs.Arg(0)
+	} else if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "sallyport keys %s: unexpected argument %q\n", cmd, fs.Arg(0))
 		return 2
 	}
@@ -133,6 +143,8 @@ environment variable the configuration names, never from the command line.
 		err = k.migrate(ctx)
 	case "status":
 		err = k.status(ctx)
+	case "reveal":
+		err = k.reveal(ctx, name)
 	default:
 		fmt.Fprintf(stderr, "sallyport keys: unknown command %q\n", cmd)
 		return 2
@@ -153,6 +165,32 @@ type keysCmd struct {
 }
 
 func (k keysCmd) dbPath() string { return filepath.Join(k.data, "vault.db") }
+
+// reveal prints a secret's credential: a password on one line, a private
+// key as it was stored.
+func (k keysCmd) reveal(ctx context.Context, name string) error {
+	v, _, done, err := k.openVault(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	who := "sallyport keys reveal"
+	if u, err := user.Current(); err == nil {
+		who += " by " + u.Username
+	}
+	cred, kind, err := v.Reveal(ctx, name, who)
+	if err != nil {
+		return err
+	}
+	defer clear(cred)
+	if _, err := k.out.Write(cred); err != nil {
+		return err
+	}
+	if kind == vault.KindPassword {
+		_, err = io.WriteString(k.out, "\n")
+	}
+	return err
+}
 
 // openVault takes the data directory's lock and opens the configured key
 // provider and the vault on it; done releases all three.

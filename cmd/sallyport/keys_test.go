@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	gossh "golang.org/x/crypto/ssh"
+
 	"github.com/sallyport/sallyport/config"
 	"github.com/sallyport/sallyport/hsm"
 	"github.com/sallyport/sallyport/vault"
@@ -205,4 +207,56 @@ func loadTestConfig(t *testing.T, path string) *config.File {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestKeysReveal: break-glass retrieval prints the stored credential,
+// offline, and leaves a trace in the secret's history.
+func TestKeysReveal(t *testing.T) {
+	data := t.TempDir()
+	softVault(t, data, 0)
+	ctx := context.Background()
+	soft, err := hsm.OpenSoft(filepath.Join(data, "keystore.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, filepath.Join(data, "vault.db"), soft, keysTestLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, _, _, err := gossh.ParseAuthorizedKey([]byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(pub)))
+	if err := v.AddSecret(ctx, vault.SecretSpec{Name: "web01", Host: "h", Port: 22, Username: "root",
+		Password: []byte("s3cret-pw"), HostKey: line, Allow: []string{"alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = v.Close()
+	_ = soft.Close()
+
+	code, out, errs := runKeys(t, "reveal", "--data", data, "web01")
+	if code != 0 || out != "s3cret-pw\n" {
+		t.Fatalf("keys reveal: %d %q %s", code, out, errs)
+	}
+	if code, _, _ := runKeys(t, "reveal", "--data", data, "nope"); code != 1 {
+		t.Fatalf("an unknown secret: exit %d", code)
+	}
+	if code, _, _ := runKeys(t, "reveal", "--data", data); code != 2 {
+		t.Fatalf("no name: exit %d", code)
+	}
+	soft, err = hsm.OpenSoft(filepath.Join(data, "keystore.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer soft.Close()
+	v, err = vault.Open(ctx, filepath.Join(data, "vault.db"), soft, keysTestLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	h, err := v.History(ctx, "web01")
+	if err != nil || len(h) != 1 || h[0].Event != "secret_revealed" || !strings.HasPrefix(h[0].Detail, "sallyport keys reveal") {
+		t.Fatalf("history %+v %v", h, err)
+	}
 }
