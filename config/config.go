@@ -79,6 +79,9 @@ type File struct {
 	// Gateway tunes the SSH gateway's deadlines, admission and failed-login
 	// limits. Default: all defaults (see Gateway).
 	Gateway *Gateway `yaml:"gateway"`
+	// Maintenance tunes heartbeats and rotations. Default: all defaults
+	// (see Maintenance).
+	Maintenance *Maintenance `yaml:"maintenance"`
 
 	dir string // of the file, for relative paths
 }
@@ -253,6 +256,12 @@ func (c *File) check() error {
 	}
 	if err := c.Keys.check(); err != nil {
 		return fmt.Errorf("keys: %w", err)
+	}
+	if c.Maintenance == nil {
+		c.Maintenance = &Maintenance{}
+	}
+	if err := c.Maintenance.check(); err != nil {
+		return fmt.Errorf("maintenance: %w", err)
 	}
 	if c.Gateway == nil {
 		c.Gateway = &Gateway{}

@@ -152,6 +152,7 @@ func startVault(ctx context.Context, o vaultOptions, log *slog.Logger) (_ *vault
 		},
 		DialAMQP: dialAMQP(o.amqpCA, log), Registry: reg, Metrics: metricsHandler(reg),
 		Log: log, Audit: audit.Log{L: log},
+		Options: []vault.Option{vault.WithMaintenanceTimings(maintenanceTimings(o.cfg))},
 	})
 	if err != nil {
 		_ = apiDoor.Close()
@@ -161,6 +162,17 @@ func startVault(ctx context.Context, o vaultOptions, log *slog.Logger) (_ *vault
 		return nil, err
 	}
 	return st, nil
+}
+
+// maintenanceTimings takes the vault's scheduler settings from the
+// configuration (checked and defaulted by config).
+func maintenanceTimings(c *config.File) vault.MaintenanceTimings {
+	m := c.Maintenance
+	if m == nil {
+		return vault.MaintenanceTimings{}
+	}
+	return vault.MaintenanceTimings{HeartbeatTTL: m.HeartbeatTTL, ChangeTTL: m.ChangeTTL, ResendGrace: m.ResendGrace,
+		AfterUseDelay: m.AfterUseDelay, HostChanges: m.HostChanges}
 }
 
 func (st *vaultStack) close() {
