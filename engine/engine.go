@@ -97,6 +97,10 @@ type Config struct {
 	OnServing func()
 	// Now replaces the clock in tests.
 	Now func() time.Time
+	// MaxChanges and HostChanges bound the credential changes the engine
+	// makes at once, in all and per target host (0: DefaultMaxChanges,
+	// DefaultHostChanges).
+	MaxChanges, HostChanges int
 }
 
 // Engine is a running engine. Create it with New, run it with Run, stop it
@@ -111,6 +115,7 @@ type Engine struct {
 	fp      string
 	link    *link
 	metrics *metrics
+	tasks   *taskRunner // shared by the connections the engine moves between
 
 	mu       sync.Mutex
 	applied  *enroll.EngineConfig // the configuration in force
@@ -199,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg:     cfg, log: cfg.Log.With("engine", id), signer: signer, pub: pub, id: id, fp: fp,
 		hc:      &http.Client{Transport: tr, Timeout: time.Minute, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		link:    &link{},
+		tasks:   newTaskRunner(cfg.MaxChanges, cfg.HostChanges),
 		stopped: make(chan struct{}),
 		pullNow: make(chan chan struct{}),
 	}
@@ -513,6 +519,7 @@ func (e *Engine) connectLocked(ctx context.Context, cfg *enroll.EngineConfig, se
 	w := newWorker(conn, e.cfg.Site, e.id, creds, e.log, e.cfg.Now)
 	w.count = e.metrics.count
 	w.refresh = e.refreshKeys
+	w.tasks = e.tasks
 	e.work = w
 	e.connWG.Add(2)
 	go func(wg *sync.WaitGroup) {

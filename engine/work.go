@@ -16,9 +16,11 @@ import (
 // Version is reported in pongs.
 var Version = "dev"
 
-// workPrefetch is how many work items an engine takes at once; the other
-// engines of the site take the rest.
-const workPrefetch = 8
+// workPrefetch is how many work items an engine takes at once (each a
+// ping, or a heartbeat or change that waits on a target); the other
+// engines of the site take the rest. Changes are further limited by the
+// task runner.
+const workPrefetch = 32
 
 // pongTTL is how long a pong stays valid.
 const pongTTL = time.Minute
@@ -37,6 +39,7 @@ type worker struct {
 	// item names a newer key version than this engine has.
 	refresh func(ctx context.Context)
 	replays *workitem.ReplayCache
+	tasks   *taskRunner
 
 	mu       sync.RWMutex
 	siteKeys map[int][]byte
@@ -44,7 +47,8 @@ type worker struct {
 
 func newWorker(conn connector.Connector, site, engine string, creds *Credentials, log *slog.Logger, now func() time.Time) *worker {
 	return &worker{conn: conn, site: site, engine: engine, creds: creds, log: log, now: now,
-		replays: workitem.NewReplayCache(1<<16, now), siteKeys: map[int][]byte{}}
+		replays: workitem.NewReplayCache(1<<16, now), siteKeys: map[int][]byte{},
+		tasks: newTaskRunner(DefaultMaxChanges, DefaultHostChanges)}
 }
 
 // setSiteKeys replaces the site keys (copies are kept).
@@ -146,6 +150,12 @@ func (w *worker) handle(ctx context.Context, d connector.Delivery) {
 		if err := w.pong(ctx, h, body); err != nil {
 			w.log.Warn("pong not sent; the ping goes back for another engine", "err", err)
 			_ = d.Reject(true)
+			return
+		}
+	case workitem.KindTask:
+		if err := w.task(ctx, h, body); err != nil {
+			w.drop(h.Kind.String(), "not_run", "item", h.ID, "err", err)
+			_ = d.Ack()
 			return
 		}
 	default:

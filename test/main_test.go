@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sallyport/sallyport/internal/rabbitmqtest"
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // env is the suite's shared state: one binary, one sshd, one gateway.
@@ -72,6 +73,10 @@ type suite struct {
 	rabbitOnce sync.Once
 	rabbit     *rabbitmqtest.Broker
 	rabbitErr  error
+
+	sshdOnce sync.Once
+	sshd     *sshdtest.Server
+	sshdErr  error
 }
 
 // benchmarksRequested reports whether -test.bench selects benchmarks: they
@@ -213,6 +218,11 @@ func (s *suite) finish() []string {
 	if s.rabbit != nil {
 		if err := s.rabbit.Shutdown(); err != nil {
 			problems = append(problems, fmt.Sprintf("stopping RabbitMQ: %v", err))
+		}
+	}
+	if s.sshd != nil {
+		if err := s.sshd.Close(); err != nil {
+			problems = append(problems, fmt.Sprintf("stopping the maintenance sshd: %v", err))
 		}
 	}
 	if s.target != nil {

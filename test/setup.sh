@@ -22,6 +22,8 @@ have radclient || need_pkgs+=(freeradius-utils)
 have pkcs11-tool || need_pkgs+=(opensc)
 # RabbitMQ: the connector/amqp tests start their own node from these binaries.
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_pkgs+=(rabbitmq-server)
+# Password changes through a privileged account run chpasswd under sudo.
+have sudo || need_pkgs+=(sudo)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

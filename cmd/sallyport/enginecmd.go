@@ -182,6 +182,7 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 	eng, err := engine.New(ctx, engine.Config{
 		VaultURL: o.vaultURL, VaultCA: o.vaultCA, Site: o.site, DataDir: o.data, Keys: keys, Name: o.name,
 		PollInterval: o.poll, Connect: connect, SSHListener: ln, Log: log, Registry: reg,
+		MaxChanges: engineChanges(o.cfg), HostChanges: hostChanges(o.cfg),
 		OnServing: func() {
 			if o.onServing != nil {
 				o.onServing(st.sshAddr)
@@ -237,4 +238,20 @@ func runEngine(ctx context.Context, o engineOptions, log *slog.Logger, stderr io
 		log.Warn("sessions still open at the deadline were closed", "err", err)
 	}
 	return runErr
+}
+
+// engineChanges and hostChanges are the engine's limits on concurrent
+// credential changes (0: the engine's defaults).
+func engineChanges(c *config.File) int {
+	if c.Maintenance == nil {
+		return 0
+	}
+	return c.Maintenance.EngineChanges
+}
+
+func hostChanges(c *config.File) int {
+	if c.Maintenance == nil {
+		return 0
+	}
+	return c.Maintenance.HostChanges
 }
