@@ -297,6 +297,15 @@ func (c *Credentials) PinHostKey(ctx context.Context, id gw.Identity, src netip.
 	return err
 }
 
+// CredentialRejected implements gateway/ssh.RejectionReporter: the vault
+// is told, and checks the credential with a heartbeat.
+func (c *Credentials) CredentialRejected(ctx context.Context, id gw.Identity, src netip.AddrPort, secret string) {
+	if _, err := c.credentialCall(ctx, workitem.CredentialRequest{Op: workitem.OpRejected, User: id.User, Groups: id.Groups,
+		Source: src.String(), Secret: secret}); err != nil {
+		c.log.Warn("could not tell the vault that a target refused its credential", "secret", secret, "err", err)
+	}
+}
+
 // StillAllowed implements gateway/ssh.GrantChecker: it asks the vault, at
 // most workitem.MaxGrants grants per request.
 func (c *Credentials) StillAllowed(ctx context.Context, grants []gw.Grant) ([]bool, error) {

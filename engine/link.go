@@ -58,6 +58,12 @@ func (l *link) PinHostKey(ctx context.Context, id gw.Identity, src netip.AddrPor
 	return c.PinHostKey(ctx, id, src, secret, key)
 }
 
+func (l *link) CredentialRejected(ctx context.Context, id gw.Identity, src netip.AddrPort, secret string) {
+	if c, err := l.get(); err == nil {
+		c.CredentialRejected(ctx, id, src, secret)
+	}
+}
+
 func (l *link) StillAllowed(ctx context.Context, grants []gw.Grant) ([]bool, error) {
 	c, err := l.get()
 	if err != nil {

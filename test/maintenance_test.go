@@ -285,6 +285,23 @@ func TestMaintenance(t *testing.T) {
 		}
 	})
 
+	t.Run("a refused credential at login triggers a heartbeat", func(t *testing.T) {
+		a := srv.AddAccount(t)
+		c.admin.AddNeedle("the password of "+a.Name, a.Password)
+		addMaintSecret(t, c, srv, "west-drifted", "west", a, nil, srv.Port, srv.HostKey)
+		srv.SetPassword(t, a.Name, sshdtest.RandomPassword()) // changed behind the vault's back
+		res := west.gw.SSH(t, sshRun{Login: c.Alice.Name + "@west-drifted", Answers: c.Alice.Answers(), Flags: []string{"-T"}, Stdin: "exit\n"})
+		if res.Code == 0 || !strings.Contains(res.Stdout+res.Stderr, "could not log in") {
+			t.Fatalf("the login with a drifted credential:\n%s", res)
+		}
+		s := c.waitSecret(t, "west-drifted", "a heartbeat after the refused login", time.Minute, func(s secretRow) bool {
+			return s.Maintenance.LastHeartbeat != ""
+		})
+		if s.Maintenance.LastHeartbeat != "rejected" {
+			t.Fatalf("heartbeat %q, want rejected", s.Maintenance.LastHeartbeat)
+		}
+	})
+
 	t.Run("rotate after use", func(t *testing.T) {
 		a := srv.AddAccount(t)
 		c.admin.AddNeedle("the password of "+a.Name, a.Password)

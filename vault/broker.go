@@ -284,6 +284,9 @@ func (v *Vault) answer(ctx context.Context, h workitem.Header, req *workitem.Cre
 	case workitem.OpPin:
 		ev.Kind = auditKind(req.Op)
 		return v.pin(ctx, h.Site, ev, req)
+	case workitem.OpRejected:
+		ev.Kind = auditKind(req.Op)
+		return v.rejected(ctx, h.Site, ev, req)
 	}
 	ev.Kind, ev.Outcome = auditKind(req.Op), "denied"
 	ev.Attrs = append(ev.Attrs, slog.String("reason", "unknown op"))
@@ -303,6 +306,8 @@ func auditKind(op workitem.Op) string {
 		return "list"
 	case workitem.OpRecheck:
 		return "grant_recheck"
+	case workitem.OpRejected:
+		return "credential_rejected"
 	}
 	return "credential_request"
 }
@@ -345,6 +350,26 @@ func (v *Vault) authorize(ctx context.Context, site string, ev audit.Event, req 
 		return deny("not allowed")
 	}
 	return r, nil
+}
+
+// rejected takes an engine's report that a target refused the credential
+// it checked out for the user: a heartbeat of the secret goes at once
+// (unless one is in flight). Only a user who may use the secret can
+// cause one.
+func (v *Vault) rejected(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
+	r, refusal := v.authorize(ctx, site, ev, req)
+	if refusal != nil {
+		return refusal
+	}
+	ev.Outcome = "ok"
+	v.sink.Record(ctx, ev)
+	if len(r.hostKey) > 0 {
+		if _, err := v.db.ExecContext(ctx, `UPDATE secret_schedule SET hb_due = ? WHERE secret = ?`, v.now().UnixNano(), r.name); err != nil {
+			v.log.Error("scheduling a heartbeat after a refused credential", slog.String("secret", r.name), slog.Any("error", err))
+			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
+		}
+	}
+	return &workitem.CredentialReply{}
 }
 
 func (v *Vault) checkout(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {

@@ -680,3 +680,40 @@ func TestBrokerRecheck(t *testing.T) {
 		t.Fatalf("an over-long re-check: %+v", r)
 	}
 }
+
+// TestBrokerRejected: an engine's report that a target refused the
+// credential makes a heartbeat due now, but only for a user who may use
+// the secret.
+func TestBrokerRejected(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	s := passwordSecret(t, "web01", targetPassword, "alice")
+	s.HostKey = authorizedLine(newHostKey(t))
+	if err := b.AddSecret(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	due := func() int64 {
+		var d int64
+		if err := b.db.QueryRow(`SELECT hb_due FROM secret_schedule WHERE secret = 'web01'`).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if due() != 0 {
+		t.Fatal("a heartbeat is due before anything happened")
+	}
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRejected, User: "mallory", Source: "192.0.2.1:1", Secret: "web01"}); r.Refused != workitem.RefusedDenied || due() != 0 {
+		t.Fatalf("a user not allowed made a heartbeat due: %+v", r)
+	}
+	if r := b.ask(t, workitem.CredentialRequest{Op: workitem.OpRejected, User: "alice", Source: "192.0.2.1:1", Secret: "web01"}); r.Refused != "" || due() == 0 {
+		t.Fatalf("refused = %q, due %d", r.Refused, due())
+	}
+	out, err := b.NextTasks(ctx, 10)
+	if err != nil || len(out) != 1 || out[0].Task.Op != workitem.TaskHeartbeat {
+		t.Fatalf("no heartbeat sent: %+v %v", out, err)
+	}
+	out[0].Task.Wipe()
+	if len(b.audit.find("credential_rejected")) == 0 {
+		t.Fatal("not audited")
+	}
+}

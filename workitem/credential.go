@@ -18,6 +18,9 @@ const (
 	OpList     Op = "list"     // return the names of the secrets a user may use
 	OpPin      Op = "pin"      // record a target host key seen on first use
 	OpRecheck  Op = "recheck"  // say whether live sessions' grants still hold
+	// OpRejected reports that the target refused the credential the vault
+	// handed out for secret: the vault checks it at once (a heartbeat).
+	OpRejected Op = "rejected"
 )
 
 // MaxGrants bounds the grants of one OpRecheck request; an engine with

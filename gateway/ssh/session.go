@@ -67,6 +67,16 @@ func (c *conn) serve() {
 			msg = ue.msg
 		}
 		log.Error("target connection failed", "err", err)
+		if r, ok := c.srv.cfg.Credentials.(RejectionReporter); ok && errors.Is(err, errCredentialRejected) {
+			// The stored credential may be wrong: have the vault check it
+			// now, without keeping the user waiting for the answer.
+			id, src, secret := c.id, c.src, c.secret
+			go func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), 10*time.Second)
+				defer cancel()
+				r.CredentialRejected(rctx, id, src, secret)
+			}()
+		}
 		c.srv.cfg.Audit.Record(c.ctx, audit.Event{Kind: "session_start", Outcome: "error", User: c.id.User, Source: c.src.String(), Secret: c.secret,
 			Attrs: auditReason("target connection failed", err)})
 		c.refuse(chans, reqs, msg)

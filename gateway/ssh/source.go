@@ -83,6 +83,13 @@ type CredentialSource interface {
 	PinHostKey(ctx context.Context, id Identity, source netip.AddrPort, secret string, key []byte) error
 }
 
+// RejectionReporter is told when a target refused the credential the
+// vault handed out, so that the vault checks the credential at once (a
+// heartbeat). A CredentialSource may implement it.
+type RejectionReporter interface {
+	CredentialRejected(ctx context.Context, id Identity, source netip.AddrPort, secret string)
+}
+
 // Grant is what a live session was let through for: who, from where, to
 // which secret.
 type Grant struct {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"unsafe"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -32,6 +33,17 @@ func (e *userError) Error() string { return e.msg + ": " + e.err.Error() }
 func (e *userError) Unwrap() error { return e.err }
 
 var errHostKeyMismatch = errors.New("target host key does not match the pinned key")
+
+// errCredentialRejected marks a target login that failed because the
+// target refused the injected credential.
+var errCredentialRejected = errors.New("the target refused the credential")
+
+// refused reports whether a handshake error is the server refusing every
+// authentication method offered.
+func refused(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "unable to authenticate") || strings.Contains(msg, "Too many authentication failures")
+}
 
 // targetConn is the proxy's logged-in connection to a target. The caller
 // must drain chans (channels the target tries to open) and reqs (its global
@@ -124,6 +136,9 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 			// The deadline on nc and ctx's timer fire at the same instant;
 			// whichever the handshake saw first, it is the same timeout.
 			return nil, &userError{fmt.Sprintf("target %s did not answer in time", c.secret), err}
+		}
+		if refused(err) {
+			err = fmt.Errorf("%w: %w", errCredentialRejected, err)
 		}
 		return nil, &userError{fmt.Sprintf("could not log in to target %s", c.secret), err}
 	}
