@@ -231,6 +231,9 @@ func TestMaintenance(t *testing.T) {
 				if s.Maintenance.LastHeartbeat != want {
 					t.Errorf("%s: heartbeat %q, want %q", name, s.Maintenance.LastHeartbeat, want)
 				}
+				if c.VaultMetric(t, "sallyport_vault_secret_heartbeat_timestamp_seconds", `secret="`+name+`"`, `outcome="`+want+`"`) <= 0 {
+					t.Errorf("%s: the heartbeat metric does not say %s", name, want)
+				}
 			}
 		}
 	})

@@ -164,7 +164,7 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig) (*Daemon, error) {
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(d.items, d.pingRTT, d.tasks, newEngineCollector(v), newQueueCollector(d))
+		cfg.Registry.MustRegister(d.items, d.pingRTT, d.tasks, newEngineCollector(v), newQueueCollector(d), newMaintenanceCollector(v))
 	}
 	api := NewAPI(v, cfg.TokenSHA256, cfg.Metrics, cfg.Log,
 		WithRevokeHook(d.revoked), WithBuiltinURL(d.builtinURL), WithPinger(d.Ping), WithSitesChanged(d.SyncSites))

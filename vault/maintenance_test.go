@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sallyport/sallyport/passrule"
 	"github.com/sallyport/sallyport/workitem"
@@ -466,5 +469,41 @@ func TestRotationFaultModel(t *testing.T) {
 	}
 	if rotated < secrets {
 		t.Fatalf("only %d promotions: the model did not rotate much", rotated)
+	}
+}
+
+func TestMaintenanceMetrics(t *testing.T) {
+	tv, _ := maintenanceVault(t)
+	ctx := context.Background()
+	spec := passwordSecret(t, "web01", "pw-1", "alice")
+	spec.Heartbeat = time.Hour
+	if err := tv.AddSecret(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	tg := targets{"web01": []byte("pw-2")}
+	tv.report(t, tg.run(tv.next(t)[0], false))
+	if err := tv.RequestRotation(ctx, "web01"); err != nil {
+		t.Fatal(err)
+	}
+	tv.next(t)[0].Task.Wipe()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newMaintenanceCollector(tv.Vault))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			got[mf.GetName()] = strings.Join(labels, ",")
+		}
+	}
+	if got["sallyport_vault_secret_heartbeat_timestamp_seconds"] != "outcome=rejected,secret=web01,site=default" ||
+		got["sallyport_vault_rotations_open"] != "phase=change,site=default" {
+		t.Fatalf("metrics %v", got)
 	}
 }

@@ -101,3 +101,70 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+// maintenanceCollector reports each secret's last heartbeat and its
+// rotations, read from the store at scrape time.
+type maintenanceCollector struct {
+	v         *Vault
+	heartbeat *prometheus.Desc
+	rotation  *prometheus.Desc
+	open      *prometheus.Desc
+}
+
+func newMaintenanceCollector(v *Vault) prometheus.Collector {
+	return &maintenanceCollector{v: v,
+		heartbeat: prometheus.NewDesc("sallyport_vault_secret_heartbeat_timestamp_seconds",
+			"When each secret's last heartbeat came back (unix time), labelled with what it found: ok, rejected, unreachable, host_key_changed or error.",
+			[]string{"site", "secret", "outcome"}, nil),
+		rotation: prometheus.NewDesc("sallyport_vault_secret_rotated_timestamp_seconds",
+			"When each secret's credential was last replaced by a rotation (unix time).",
+			[]string{"site", "secret"}, nil),
+		open: prometheus.NewDesc("sallyport_vault_rotations_open",
+			"Rotations under way, by site and phase (change, or verify: the outcome of a change is being found out).",
+			[]string{"site", "phase"}, nil),
+	}
+}
+
+func (c *maintenanceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.heartbeat
+	ch <- c.rotation
+	ch <- c.open
+}
+
+func (c *maintenanceCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rows, err := c.v.db.QueryContext(ctx, `SELECT secrets.site, s.secret, s.hb_outcome, s.hb_at, s.rotated_at
+		FROM secret_schedule s JOIN secrets ON secrets.name = s.secret`)
+	if err != nil {
+		return
+	}
+	for rows.Next() {
+		var site, secret, outcome string
+		var hbAt, rotAt int64
+		if rows.Scan(&site, &secret, &outcome, &hbAt, &rotAt) != nil {
+			break
+		}
+		if outcome != "" {
+			ch <- prometheus.MustNewConstMetric(c.heartbeat, prometheus.GaugeValue, float64(hbAt)/1e9, site, secret, outcome)
+		}
+		if rotAt > 0 {
+			ch <- prometheus.MustNewConstMetric(c.rotation, prometheus.GaugeValue, float64(rotAt)/1e9, site, secret)
+		}
+	}
+	_ = rows.Close()
+	open, err := c.v.db.QueryContext(ctx, `SELECT secrets.site, r.phase, COUNT(*) FROM rotations r JOIN secrets ON secrets.name = r.secret
+		WHERE r.state = 'open' GROUP BY secrets.site, r.phase`)
+	if err != nil {
+		return
+	}
+	defer open.Close()
+	for open.Next() {
+		var site, phase string
+		var n int
+		if open.Scan(&site, &phase, &n) != nil {
+			return
+		}
+		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(n), site, phase)
+	}
+}
