@@ -42,7 +42,14 @@ type taskRunner struct {
 
 	hostMu    sync.Mutex
 	hostLimit int
-	hosts     map[string]chan struct{}
+	hosts     map[string]*hostSlots
+}
+
+// hostSlots are one target host's change slots and how many callers
+// hold or wait for one (the entry goes when none does).
+type hostSlots struct {
+	ch    chan struct{}
+	users int
 }
 
 func newTaskRunner(maxChanges, hostChanges int) *taskRunner {
@@ -52,37 +59,46 @@ func newTaskRunner(maxChanges, hostChanges int) *taskRunner {
 	if hostChanges <= 0 {
 		hostChanges = DefaultHostChanges
 	}
-	return &taskRunner{changes: make(chan struct{}, maxChanges), hostLimit: hostChanges, hosts: map[string]chan struct{}{}}
+	return &taskRunner{changes: make(chan struct{}, maxChanges), hostLimit: hostChanges, hosts: map[string]*hostSlots{}}
 }
 
-// acquire takes a change slot for host; release gives it back.
+// acquire takes a change slot for host, then one of the engine's (so a
+// change waiting for a busy host holds none of the engine's); release
+// gives both back.
 func (r *taskRunner) acquire(ctx context.Context, host string) (release func(), err error) {
-	select {
-	case r.changes <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 	r.hostMu.Lock()
 	h, ok := r.hosts[host]
 	if !ok {
-		h = make(chan struct{}, r.hostLimit)
+		h = &hostSlots{ch: make(chan struct{}, r.hostLimit)}
 		r.hosts[host] = h
 	}
+	h.users++
 	r.hostMu.Unlock()
-	select {
-	case h <- struct{}{}:
-	case <-ctx.Done():
-		<-r.changes
-		return nil, ctx.Err()
-	}
-	return func() {
-		<-h
+	leave := func() {
 		r.hostMu.Lock()
-		if len(h) == 0 && r.hosts[host] == h {
+		h.users--
+		if h.users == 0 && r.hosts[host] == h {
 			delete(r.hosts, host)
 		}
 		r.hostMu.Unlock()
+	}
+	select {
+	case h.ch <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+	select {
+	case r.changes <- struct{}{}:
+	case <-ctx.Done():
+		<-h.ch
+		leave()
+		return nil, ctx.Err()
+	}
+	return func() {
 		<-r.changes
+		<-h.ch
+		leave()
 	}, nil
 }
 
@@ -143,6 +159,9 @@ func (r *taskRunner) run(ctx context.Context, t *workitem.Task, now func() time.
 				release()
 			}
 			res.Current, res.Detail = workitem.OutcomeError, "not started before the item expired"
+			if ctx.Err() != nil {
+				res.Detail = "not started: the engine is stopping"
+			}
 			return res
 		}
 		cctx, cancel := context.WithTimeout(ctx, changeTimeout)
@@ -189,6 +208,32 @@ func (r *taskRunner) run(ctx context.Context, t *workitem.Task, now func() time.
 	return res
 }
 
+// taskOutcome labels a result for metrics: a heartbeat by what the
+// credential did; a change by whether the candidate logs in now; a
+// verify by whether any credential did.
+func taskOutcome(res *workitem.TaskResult) string {
+	switch res.Op {
+	case workitem.TaskChange:
+		if res.Changed {
+			return "changed"
+		}
+		return "not_changed"
+	case workitem.TaskVerify:
+		found := res.Current == workitem.OutcomeOK
+		for _, o := range res.Candidates {
+			found = found || o == workitem.OutcomeOK
+		}
+		if found {
+			return "found"
+		}
+		return "none_logs_in"
+	}
+	if res.Current == "" {
+		return workitem.OutcomeError
+	}
+	return res.Current
+}
+
 // change makes the change t asks for on the target.
 func change(ctx context.Context, t *workitem.Task) error {
 	cand := t.Candidates[0]
@@ -225,7 +270,7 @@ func (w *worker) task(ctx context.Context, h workitem.Header, body []byte) error
 	res := w.tasks.run(ctx, t, w.now, h.Expiry)
 	res.Task = h.ID
 	if w.count != nil {
-		w.count(string(t.Op), res.Current)
+		w.count(string(t.Op), taskOutcome(res))
 	}
 	w.log.Info("task done", "op", string(t.Op), "secret", t.Secret, "rotation", t.Rotation,
 		"current", res.Current, "candidates", strings.Join(res.Candidates, ","), "detail", res.Detail)
@@ -237,6 +282,9 @@ func (w *worker) task(ctx context.Context, h workitem.Header, body []byte) error
 	for try := range publishTries {
 		if last = w.publishResult(ctx, out); last == nil {
 			return nil
+		}
+		if try == publishTries-1 {
+			break
 		}
 		select {
 		case <-time.After(time.Duration(1<<try) * time.Second):

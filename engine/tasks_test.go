@@ -11,9 +11,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -692,7 +694,7 @@ func TestWorkerTasks(t *testing.T) {
 	if d := mem.Depth(names.WorkQueue(testSite)); d != 0 {
 		t.Errorf("%d items left in the work queue", d)
 	}
-	for _, k := range [][2]string{{"task", "ok"}, {"heartbeat", "ok"}, {"verify", "rejected"}} {
+	for _, k := range [][2]string{{"task", "ok"}, {"heartbeat", "ok"}, {"verify", "found"}, {"change", "changed"}} {
 		want := 1.0
 		if k[0] == "task" {
 			want = 3
@@ -724,5 +726,44 @@ func TestTaskResultJSON(t *testing.T) {
 	}
 	if detail(nil) != "" {
 		t.Errorf("detail(nil) = %q", detail(nil))
+	}
+}
+
+// TestAcquireNeverOverHostLimit hammers one host's slot: however the
+// releases and the waits interleave, no more changes than the limit hold
+// it at once, and nothing is left in the table afterwards.
+func TestAcquireNeverOverHostLimit(t *testing.T) {
+	r := newTaskRunner(8, 1)
+	var inside, worst atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 500 {
+				release, err := r.acquire(context.Background(), "h")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n := inside.Add(1)
+				for {
+					w := worst.Load()
+					if n <= w || worst.CompareAndSwap(w, n) {
+						break
+					}
+				}
+				runtime.Gosched()
+				inside.Add(-1)
+				release()
+			}
+		})
+	}
+	wg.Wait()
+	if worst.Load() != 1 {
+		t.Fatalf("%d changes held one host's single slot at once", worst.Load())
+	}
+	r.hostMu.Lock()
+	defer r.hostMu.Unlock()
+	if len(r.hosts) != 0 {
+		t.Fatalf("%d hosts left in the table", len(r.hosts))
 	}
 }

@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/internal/wipe"
 )
 
 // DefaultTimeout bounds an operation whose Login has no Timeout.
@@ -295,7 +297,7 @@ func passwordAuth(pw []byte) []ssh.AuthMethod {
 	// x/crypto/ssh takes passwords as strings. string(pw) would make a copy
 	// nobody can wipe; this view shares pw's bytes, which the caller owns
 	// (x/crypto reads it only during the login).
-	s := borrowString(pw)
+	s := wipe.BorrowString(pw)
 	var answered atomic.Bool
 	return []ssh.AuthMethod{
 		ssh.PasswordCallback(func() (string, error) { return s, nil }),

@@ -2,16 +2,13 @@ package sshtarget
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"errors"
 	"fmt"
-	"math/big"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/internal/wipe"
 )
 
 // maxPasswordLen bounds a new password: far above any policy, far below
@@ -48,49 +45,10 @@ func parseKey(pemBytes []byte) (ssh.Signer, func(), error) {
 	}
 	signer, err := ssh.NewSignerFromKey(raw)
 	if err != nil {
-		wipeKey(raw)
+		wipe.Key(raw)
 		return nil, nil, fmt.Errorf("%w: private key of an unsupported type", ErrInvalid)
 	}
-	return signer, func() { wipeKey(raw) }, nil
-}
-
-// borrowString returns a string that shares b's bytes. Wiping b wipes it:
-// the caller must not let the string outlive b's use, and must not wipe b
-// while the string may still be read.
-func borrowString(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	return unsafe.String(&b[0], len(b)) // #nosec G103 -- lets a credential handed to x/crypto/ssh be wiped afterwards
-}
-
-// wipeKey zeroes what it can reach of a parsed private key: all of an
-// Ed25519 key; the big integers of RSA and ECDSA keys (crypto/rsa and
-// crypto/ecdsa also keep precomputed forms out of reach).
-func wipeKey(k any) {
-	switch k := k.(type) {
-	case *ed25519.PrivateKey:
-		clear(*k)
-	case ed25519.PrivateKey:
-		clear(k)
-	case *ecdsa.PrivateKey:
-		//lint:ignore SA1019 D is deprecated for use, but it still holds the scalar: zero it.
-		wipeInt(k.D)
-	case *rsa.PrivateKey:
-		wipeInt(k.D)
-		for _, p := range k.Primes {
-			wipeInt(p)
-		}
-		wipeInt(k.Precomputed.Dp)
-		wipeInt(k.Precomputed.Dq)
-		wipeInt(k.Precomputed.Qinv)
-	}
-}
-
-func wipeInt(x *big.Int) {
-	if x != nil {
-		clear(x.Bits())
-	}
+	return signer, func() { wipe.Key(raw) }, nil
 }
 
 // maxOutput bounds what is kept of each stream a command on a target writes.

@@ -787,19 +787,30 @@ func (v *Vault) TaskResult(ctx context.Context, site, engine string, res *workit
 	}
 }
 
-func (v *Vault) heartbeatResult(ctx context.Context, site, engine string, res *workitem.TaskResult) error {
+// beginResult opens the transaction that applies a result from an engine
+// of site, with the secret it is about, which must be of that site.
+func (v *Vault) beginResult(ctx context.Context, site string, res *workitem.TaskResult) (*sql.Tx, *secretRow, error) {
 	tx, err := v.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := v.loadSecret(ctx, tx, res.Secret)
+	if err == nil && r.site != site {
+		err = fmt.Errorf("a %s result for secret %s from site %s", res.Op, res.Secret, site)
+	}
+	if err != nil {
+		_ = tx.Rollback()
+		return nil, nil, err
+	}
+	return tx, r, nil
+}
+
+func (v *Vault) heartbeatResult(ctx context.Context, site, engine string, res *workitem.TaskResult) error {
+	tx, _, err := v.beginResult(ctx, site, res)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback() // #nosec G104 -- no-op after Commit
-	r, err := v.loadSecret(ctx, tx, res.Secret)
-	if err != nil {
-		return err
-	}
-	if r.site != site {
-		return fmt.Errorf("a heartbeat result for secret %s from site %s", res.Secret, site)
-	}
 	var item string
 	var every int64
 	if err := tx.QueryRowContext(ctx, `SELECT hb_item, heartbeat_every FROM secret_schedule WHERE secret = ?`, res.Secret).Scan(&item, &every); err != nil {
@@ -856,18 +867,11 @@ func (v *Vault) reopenForVerify(ctx context.Context, tx *sql.Tx, secret string, 
 }
 
 func (v *Vault) rotationResult(ctx context.Context, site, engine string, res *workitem.TaskResult) error {
-	tx, err := v.db.BeginTx(ctx, nil)
+	tx, r, err := v.beginResult(ctx, site, res)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback() // #nosec G104 -- no-op after Commit
-	r, err := v.loadSecret(ctx, tx, res.Secret)
-	if err != nil {
-		return err
-	}
-	if r.site != site {
-		return fmt.Errorf("a rotation result for secret %s from site %s", res.Secret, site)
-	}
 	rot, err := scanRotation(tx.QueryRowContext(ctx, `SELECT `+rotationColumns+` FROM rotations WHERE id = ? AND secret = ?`,
 		res.Rotation, res.Secret))
 	if errors.Is(err, sql.ErrNoRows) {

@@ -322,15 +322,3 @@ func TestRefusedRequestsDoNotFloodTheLog(t *testing.T) {
 		t.Fatalf("the session end does not count the rest:\n%s", rec.logText())
 	}
 }
-
-func TestBorrowStringSharesBytes(t *testing.T) {
-	b := []byte("s3cret")
-	s := borrowString(b)
-	clear(b)
-	if s != "\x00\x00\x00\x00\x00\x00" {
-		t.Fatalf("wiping the bytes left the string %q", s)
-	}
-	if borrowString(nil) != "" {
-		t.Fatal("empty")
-	}
-}

@@ -2,23 +2,19 @@ package ssh
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/audit"
+	"github.com/sallyport/sallyport/internal/wipe"
 	"github.com/sallyport/sallyport/workitem"
 )
 
@@ -75,7 +71,7 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 			return nil, &userError{fmt.Sprintf("the stored key for target %s is unusable", c.secret), errors.New("parse private key failed")}
 		}
 		// The parsed key is ours to wipe once the login is over.
-		defer wipeKey(raw)
+		defer wipe.Key(raw)
 		signer, err := gossh.NewSignerFromKey(raw)
 		if err != nil {
 			return nil, &userError{fmt.Sprintf("the stored key for target %s is unusable", c.secret), errors.New("unsupported private key")}
@@ -86,7 +82,7 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 		// would make a copy nobody can wipe; this view shares pw's bytes,
 		// which the caller wipes once the login is over (x/crypto keeps no
 		// reference to it after the handshake).
-		pw := borrowString(cred.Password)
+		pw := wipe.BorrowString(cred.Password)
 		auth = append(auth,
 			gossh.PasswordCallback(func() (string, error) { return pw, nil }),
 			gossh.KeyboardInteractive(func(_, _ string, qs []string, echo []bool) ([]string, error) {
@@ -215,45 +211,5 @@ func (c *conn) checkHostKey(ctx context.Context, cred *workitem.Credential) goss
 		}
 		log.Warn("target host key pinned on first use")
 		return nil
-	}
-}
-
-// borrowString returns a string that shares b's bytes. Wiping b wipes it:
-// the caller must not let the string outlive b's use, and must not wipe b
-// while the string may still be read.
-func borrowString(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	return unsafe.String(&b[0], len(b)) // #nosec G103 -- lets a credential handed to x/crypto/ssh be wiped afterwards
-}
-
-// wipeKey zeroes what it can reach of a parsed private key: all of an
-// Ed25519 key; the big integers of RSA and ECDSA keys (crypto/rsa and
-// crypto/ecdsa also keep precomputed forms out of reach; SECURITY.md says
-// so).
-func wipeKey(k any) {
-	switch k := k.(type) {
-	case *ed25519.PrivateKey:
-		clear(*k)
-	case ed25519.PrivateKey:
-		clear(k)
-	case *ecdsa.PrivateKey:
-		//lint:ignore SA1019 D is deprecated for use, but it still holds the scalar: zero it.
-		wipeInt(k.D)
-	case *rsa.PrivateKey:
-		wipeInt(k.D)
-		for _, p := range k.Primes {
-			wipeInt(p)
-		}
-		wipeInt(k.Precomputed.Dp)
-		wipeInt(k.Precomputed.Dq)
-		wipeInt(k.Precomputed.Qinv)
-	}
-}
-
-func wipeInt(x *big.Int) {
-	if x != nil {
-		clear(x.Bits())
 	}
 }
