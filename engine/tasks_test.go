@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -30,43 +28,13 @@ import (
 )
 
 // The task tests share one real sshd, started by the first test that
-// needs it and stopped by TestMain. A refused login costs pam_unix's fail
-// delay (about 2 s a try), so the tests that log in run in parallel.
-var (
-	sshdOnce sync.Once
-	sshdSrv  *sshdtest.Server
-	sshdErr  error
-)
+// needs it and stopped by TestMain.
+var sshd sshdtest.Shared
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	// The logging-in tests mostly wait (on PAM's fail delay), not compute:
-	// run more of them at once than there are CPUs, unless told otherwise.
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
-		_ = flag.Set("test.parallel", "8")
-	}
-	code := m.Run()
-	if sshdSrv != nil {
-		if err := sshdSrv.Close(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: stop sshd: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(sshdtest.Main(m, &sshd)) }
 
-// taskServer returns the shared sshd. It fails, never skips, when sshd
-// cannot start: test/setup.sh installs it and the tests run as root.
-func taskServer(t *testing.T) *sshdtest.Server {
-	t.Helper()
-	sshdOnce.Do(func() { sshdSrv, sshdErr = sshdtest.Start() })
-	if sshdErr != nil {
-		t.Fatalf("start sshd: %v", sshdErr)
-	}
-	return sshdSrv
-}
+// taskServer returns the shared sshd.
+func taskServer(t *testing.T) *sshdtest.Server { t.Helper(); return sshd.Get(t) }
 
 const (
 	taskSecretName = "web01"

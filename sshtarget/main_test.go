@@ -3,10 +3,7 @@ package sshtarget
 import (
 	"context"
 	"errors"
-	"flag"
-	"fmt"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,43 +11,13 @@ import (
 )
 
 // The package's tests share one real sshd, started by the first test that
-// needs it. A refused login costs pam_unix's fail delay (about 2 s a try),
-// so the tests that log in run in parallel.
-var (
-	srvOnce sync.Once
-	srv     *sshdtest.Server
-	srvErr  error
-)
+// needs it and stopped by TestMain.
+var sshd sshdtest.Shared
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	// The logging-in tests mostly wait (on PAM's fail delay), not compute:
-	// run more of them at once than there are CPUs, unless told otherwise.
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
-		_ = flag.Set("test.parallel", "8")
-	}
-	code := m.Run()
-	if srv != nil {
-		if err := srv.Close(); err != nil {
-			fmt.Fprintf(os.Stderr, "FAIL: stop sshd: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(sshdtest.Main(m, &sshd)) }
 
-// server returns the shared sshd. It fails, never skips, when sshd cannot
-// start: test/setup.sh installs it and the tests run as root.
-func server(t *testing.T) *sshdtest.Server {
-	t.Helper()
-	srvOnce.Do(func() { srv, srvErr = sshdtest.Start() })
-	if srvErr != nil {
-		t.Fatalf("start sshd: %v", srvErr)
-	}
-	return srv
-}
+// server returns the shared sshd.
+func server(t *testing.T) *sshdtest.Server { t.Helper(); return sshd.Get(t) }
 
 // testTimeout bounds an operation in the tests: generous, so that a slow
 // machine does not fail them, but far below the test binary's timeout.
