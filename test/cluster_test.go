@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // Lines the daemons print (see cmd/sallyport).
@@ -70,11 +72,11 @@ func startCluster(t testing.TB, extra ...string) *cluster {
 	c := &cluster{t: t, bin: env.bin, dir: t.TempDir(), target: env.Target(t)}
 	c.vaultData = filepath.Join(c.dir, "vault")
 	var err error
-	if c.apiPort, err = freePort(); err != nil {
+	if c.apiPort, err = sshdtest.FreePort(); err != nil {
 		t.Fatal(err)
 	}
 	for c.connPort == 0 || c.connPort == c.apiPort {
-		if c.connPort, err = freePort(); err != nil {
+		if c.connPort, err = sshdtest.FreePort(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -164,11 +166,11 @@ func (c *cluster) StartEngine(t testing.TB, site string, extra ...string) *engin
 	c.mu.Unlock()
 	e := &engineProc{Site: site, Name: fmt.Sprintf("%s-%d", site, n), Data: c.NextEngineData()}
 	var err error
-	if e.SSHPort, err = freePort(); err != nil {
+	if e.SSHPort, err = sshdtest.FreePort(); err != nil {
 		t.Fatal(err)
 	}
 	for e.MetricsPort == 0 || e.MetricsPort == e.SSHPort {
-		if e.MetricsPort, err = freePort(); err != nil {
+		if e.MetricsPort, err = sshdtest.FreePort(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // TestDistributedBuiltin runs the vault and an engine as separate
@@ -329,10 +331,10 @@ func TestDistributedEngineHSM(t *testing.T) {
 		t.Fatalf("the engine saved no configuration to copy: %v", err)
 	}
 	var err error
-	if thief.SSHPort, err = freePort(); err != nil {
+	if thief.SSHPort, err = sshdtest.FreePort(); err != nil {
 		t.Fatal(err)
 	}
-	if thief.MetricsPort, err = freePort(); err != nil {
+	if thief.MetricsPort, err = sshdtest.FreePort(); err != nil {
 		t.Fatal(err)
 	}
 	c.runEngine(t, thief)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // readyLine is what `sallyport dev` prints once it serves SSH and its API.
@@ -67,11 +69,11 @@ func startGateway(bin, dir string, target *sshdTarget, extra ...string) (_ *gate
 	if err := os.MkdirAll(g.dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	if g.SSHPort, err = freePort(); err != nil {
+	if g.SSHPort, err = sshdtest.FreePort(); err != nil {
 		return nil, err
 	}
 	for g.APIPort == 0 || g.APIPort == g.SSHPort {
-		if g.APIPort, err = freePort(); err != nil {
+		if g.APIPort, err = sshdtest.FreePort(); err != nil {
 			return nil, err
 		}
 	}

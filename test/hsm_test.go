@@ -16,6 +16,8 @@ import (
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // Keys on a real SoftHSM2 token: the gateway's host key and KEK on the
@@ -56,7 +58,7 @@ func newSoftHSM(t *testing.T, label string) *softHSM {
 	t.Setenv("SOFTHSM2_CONF", h.Conf)
 	// The test token's PINs on argv are fine here; the product never
 	// takes a PIN on its command line.
-	if out, err := runTool(nil, "softhsm2-util", "--init-token", "--free", "--label", label,
+	if out, err := sshdtest.RunTool(nil, "softhsm2-util", "--init-token", "--free", "--label", label,
 		"--so-pin", tokenSOPIN, "--pin", tokenPIN); err != nil {
 		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
 	}
@@ -84,7 +86,7 @@ func (h *softHSM) config(t *testing.T, pin, module, extra string) string {
 func (h *softHSM) publicKey(t *testing.T, label string) gossh.PublicKey {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "pub.der")
-	if b, err := runTool(nil, "pkcs11-tool", "--module", softHSMModule, "--token-label", h.Label,
+	if b, err := sshdtest.RunTool(nil, "pkcs11-tool", "--module", softHSMModule, "--token-label", h.Label,
 		"--login", "--pin", tokenPIN, "--read-object", "--type", "pubkey", "--label", label, "-o", out); err != nil {
 		t.Fatalf("pkcs11-tool --read-object %s: %v\n%s", label, err, b)
 	}

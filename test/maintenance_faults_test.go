@@ -61,8 +61,11 @@ func TestMaintenanceFaults(t *testing.T) {
 	targets := make([]maintTarget, secrets)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	sem := make(chan struct{}, 4) // useradd and friends lock /etc/passwd
 	for i := range targets {
 		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			acct := srv.AddAccount(t)
 			name := fmt.Sprintf("faults-%03d", i)
 			var key []byte

@@ -207,7 +207,7 @@ func TestMaintenance(t *testing.T) {
 			wrong := srv.AddAccount(t)
 			addMaintSecret(t, c, srv, site+"-wrong", site, wrong, nil, srv.Port, srv.HostKey)
 			srv.SetPassword(t, wrong.Name, sshdtest.RandomPassword()) // changed behind the vault's back
-			closed, err := freePort()
+			closed, err := sshdtest.FreePort()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -24,6 +24,7 @@ import (
 	"layeh.com/radius/rfc2865"
 	"layeh.com/radius/rfc2869"
 
+	"github.com/sallyport/sallyport/internal/sshdtest"
 	"github.com/sallyport/sallyport/radius"
 )
 
@@ -123,7 +124,7 @@ func startFreeRADIUS(dir string, opts ...frOption) (_ *freeRADIUS, err error) {
 			return nil, err
 		}
 	}
-	if _, err := runTool(nil, "cp", "-a", pkgConf, raddb); err != nil {
+	if _, err := sshdtest.RunTool(nil, "cp", "-a", pkgConf, raddb); err != nil {
 		return nil, err
 	}
 	// Only the modules and the one virtual server the test needs.
@@ -189,7 +190,7 @@ func startFreeRADIUS(dir string, opts ...frOption) (_ *freeRADIUS, err error) {
 			return nil, fmt.Errorf("RadSec listener: %w", err)
 		}
 	}
-	if _, err := runTool(nil, bin, "-C", "-d", raddb); err != nil {
+	if _, err := sshdtest.RunTool(nil, bin, "-C", "-d", raddb); err != nil {
 		return nil, fmt.Errorf("freeradius rejects its configuration: %w", err)
 	}
 	out, err := os.Create(filepath.Join(dir, "stdout.log"))

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sallyport/sallyport/internal/sshdtest"
 	"github.com/sallyport/sallyport/radius"
 )
 
@@ -169,7 +170,7 @@ func (f *freeRADIUS) configureRadSec(raddb string, idle time.Duration) error {
 		}
 	}
 
-	port, err := freePort()
+	port, err := sshdtest.FreePort()
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // sshdTarget is an OpenSSH sshd on a loopback port that lets exactly one
@@ -63,7 +64,7 @@ func startTarget(dir string) (_ *sshdTarget, err error) {
 		dir:      dir,
 		log:      filepath.Join(dir, "sshd.log"),
 	}
-	if _, err := runTool(nil, "useradd", "-m", "-s", "/bin/bash", s.User); err != nil {
+	if _, err := sshdtest.RunTool(nil, "useradd", "-m", "-s", "/bin/bash", s.User); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -72,7 +73,7 @@ func startTarget(dir string) (_ *sshdTarget, err error) {
 		}
 	}()
 	// The password goes through stdin, never argv.
-	if _, err := runTool([]byte(s.User+":"+s.Password+"\n"), "chpasswd"); err != nil {
+	if _, err := sshdtest.RunTool([]byte(s.User+":"+s.Password+"\n"), "chpasswd"); err != nil {
 		return nil, err
 	}
 	if err := s.installClientKey(); err != nil {
@@ -82,7 +83,7 @@ func startTarget(dir string) (_ *sshdTarget, err error) {
 	if s.HostKeyPub, s.HostKeyFingerprint, err = newKeyPair(hostKey, "sallyport-e2e-target"); err != nil {
 		return nil, err
 	}
-	if s.Port, err = freePort(); err != nil {
+	if s.Port, err = sshdtest.FreePort(); err != nil {
 		return nil, err
 	}
 	s.KnownHosts = filepath.Join(dir, "known_hosts")
@@ -93,7 +94,7 @@ func startTarget(dir string) (_ *sshdTarget, err error) {
 	if err := os.WriteFile(cfg, []byte(s.config(hostKey)), 0o600); err != nil {
 		return nil, err
 	}
-	if _, err := runTool(nil, sshd, "-t", "-f", cfg); err != nil {
+	if _, err := sshdtest.RunTool(nil, sshd, "-t", "-f", cfg); err != nil {
 		return nil, fmt.Errorf("sshd rejects its config: %w", err)
 	}
 	logf, err := os.Create(s.log)
@@ -178,7 +179,7 @@ func (s *sshdTarget) Close() error {
 		errs = append(errs, stopProcess(s.cmd.Process, s.done, 10*time.Second))
 	}
 	// -f: a session child of sshd may still be winding down.
-	if _, err := runTool(nil, "userdel", "-r", "-f", s.User); err != nil {
+	if _, err := sshdtest.RunTool(nil, "userdel", "-r", "-f", s.User); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -208,7 +209,7 @@ func sshdPath() (string, error) {
 // newKeyPair writes an unencrypted ed25519 key pair to path and path.pub and
 // returns the public key as "type base64" and its SHA256 fingerprint.
 func newKeyPair(path, comment string) (pub, fingerprint string, err error) {
-	if _, err := runTool(nil, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path); err != nil {
+	if _, err := sshdtest.RunTool(nil, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path); err != nil {
 		return "", "", err
 	}
 	b, err := os.ReadFile(path + ".pub")
@@ -227,7 +228,7 @@ func newKeyPair(path, comment string) (pub, fingerprint string, err error) {
 // keyFingerprint returns the SHA256 fingerprint ssh-keygen -l prints for a
 // public key file.
 func keyFingerprint(pubFile string) (string, error) {
-	out, err := runTool(nil, "ssh-keygen", "-l", "-E", "sha256", "-f", pubFile)
+	out, err := sshdtest.RunTool(nil, "ssh-keygen", "-l", "-E", "sha256", "-f", pubFile)
 	if err != nil {
 		return "", err
 	}
@@ -241,33 +242,6 @@ func keyFingerprint(pubFile string) (string, error) {
 // knownHostsLine pins key for [127.0.0.1]:port.
 func knownHostsLine(port int, key string) string {
 	return fmt.Sprintf("[127.0.0.1]:%d %s\n", port, key)
-}
-
-// runTool runs a short setup command and returns its stdout; the error
-// carries the command line and its stderr. stdin carries anything secret.
-func runTool(stdin []byte, name string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.Bytes(), nil
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitPort waits until 127.0.0.1:port accepts connections, the process

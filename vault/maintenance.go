@@ -411,6 +411,9 @@ func (v *Vault) NextTasks(ctx context.Context, limit int) ([]Outgoing, error) {
 		return nil, err
 	}
 	now := v.now()
+	if due, err := v.anythingDue(ctx, now); err != nil || !due {
+		return nil, err
+	}
 	// Rotations first: open ones whose item is due (re)sending, then new
 	// ones.
 	for len(out) < limit {
@@ -434,6 +437,21 @@ func (v *Vault) NextTasks(ctx context.Context, limit int) ([]Outgoing, error) {
 		out = append(out, *o)
 	}
 	return out, nil
+}
+
+// anythingDue is a read-only look for work, so that a scheduler round
+// with nothing to do takes no write lock on the store.
+func (v *Vault) anythingDue(ctx context.Context, now time.Time) (bool, error) {
+	ns := now.UnixNano()
+	var due bool
+	err := v.db.QueryRowContext(ctx, `SELECT
+		EXISTS (SELECT 1 FROM rotations WHERE state = 'open' AND resend <= ?) OR
+		EXISTS (SELECT 1 FROM secret_schedule s JOIN secrets ON secrets.name = s.secret
+			WHERE secrets.host_key IS NOT NULL AND secrets.disabled = 0
+			  AND ((s.hb_due > 0 AND s.hb_due <= ? AND s.hb_resend <= ?)
+			    OR (s.rotate_due > 0 AND s.rotate_due <= ?) OR (s.used = 1 AND s.last_use <= ?)))`,
+		ns, ns, ns, ns, now.Add(-v.timings.AfterUseDelay).UnixNano()).Scan(&due)
+	return due, err
 }
 
 // nextHeartbeat picks one due heartbeat and records it as sent.

@@ -126,7 +126,7 @@ func Start() (_ *Server, err error) {
 		}
 	}()
 	for _, g := range []string{s.group, s.kbdGroup} {
-		if _, err := runTool(nil, "groupadd", g); err != nil {
+		if _, err := RunTool(nil, "groupadd", g); err != nil {
 			return nil, err
 		}
 	}
@@ -145,7 +145,7 @@ func Start() (_ *Server, err error) {
 	if err := os.WriteFile(s.askpass, []byte(askpass), 0o700); err != nil { // #nosec G306 -- an executable script, root only
 		return nil, err
 	}
-	if s.Port, err = freePort(); err != nil {
+	if s.Port, err = FreePort(); err != nil {
 		return nil, err
 	}
 	s.KnownHosts = filepath.Join(dir, "known_hosts")
@@ -164,7 +164,7 @@ func Start() (_ *Server, err error) {
 	if err := os.WriteFile(cfg, []byte(s.config(edKey, ecKey)), 0o600); err != nil {
 		return nil, err
 	}
-	if _, err := runTool(nil, SSHDPath, "-t", "-f", cfg); err != nil {
+	if _, err := RunTool(nil, SSHDPath, "-t", "-f", cfg); err != nil {
 		return nil, fmt.Errorf("sshd rejects its config: %w", err)
 	}
 	logf, err := os.Create(s.log)
@@ -245,7 +245,7 @@ func (s *Server) Close() error {
 	}
 	for _, g := range []string{s.group, s.kbdGroup} {
 		if groupExists(g) {
-			if _, err := runTool(nil, "groupdel", g); err != nil {
+			if _, err := RunTool(nil, "groupdel", g); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -278,7 +278,7 @@ func (s *Server) AddAccount(tb testing.TB, opts ...AccountOption) *Account {
 		groups += "," + s.kbdGroup
 	}
 	name := "spt" + randString(lowerAlnum, 9)
-	if _, err := runTool(nil, "useradd", "-m", "-s", "/bin/bash", "-G", groups, name); err != nil {
+	if _, err := RunTool(nil, "useradd", "-m", "-s", "/bin/bash", "-G", groups, name); err != nil {
 		tb.Fatal(err)
 	}
 	s.mu.Lock()
@@ -313,7 +313,7 @@ func (s *Server) removeAccount(name string) error {
 		return nil
 	}
 	// -f: a session child of sshd may still be winding down.
-	_, err := runTool(nil, "userdel", "-r", "-f", name)
+	_, err := RunTool(nil, "userdel", "-r", "-f", name)
 	return err
 }
 
@@ -323,7 +323,7 @@ func (s *Server) SetPassword(tb testing.TB, name string, password []byte) {
 	line := make([]byte, 0, len(name)+len(password)+2)
 	line = append(append(append(append(line, name...), ':'), password...), '\n')
 	defer clear(line)
-	if _, err := runTool(line, "chpasswd"); err != nil {
+	if _, err := RunTool(line, "chpasswd"); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -404,7 +404,7 @@ func (s *Server) AllowSudo(tb testing.TB, a *Account, command string, nopasswd b
 	if err := os.WriteFile(tmp, []byte(rule), 0o440); err != nil { // #nosec G306 -- the mode sudo expects of a drop-in, read-only
 		tb.Fatal(err)
 	}
-	if _, err := runTool(nil, "visudo", "-c", "-q", "-f", tmp); err != nil {
+	if _, err := RunTool(nil, "visudo", "-c", "-q", "-f", tmp); err != nil {
 		tb.Fatal(err)
 	}
 	path := filepath.Join("/etc/sudoers.d", "sshdtest_"+a.Name)
@@ -454,7 +454,7 @@ func (s *Server) LogTail(n int) string {
 // hostKey makes a host key of type typ at path and returns its public
 // half in wire format.
 func hostKey(path, typ string) ([]byte, error) {
-	if _, err := runTool(nil, "ssh-keygen", "-q", "-t", typ, "-N", "", "-C", "sshdtest", "-f", path); err != nil {
+	if _, err := RunTool(nil, "ssh-keygen", "-q", "-t", typ, "-N", "", "-C", "sshdtest", "-f", path); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(path + ".pub") // #nosec G304 -- the file ssh-keygen just wrote
@@ -473,9 +473,21 @@ func groupExists(name string) bool {
 	return err == nil
 }
 
-// runTool runs a short setup command and returns its stdout; the error
+// RunTool runs a short setup command and returns its stdout; the error
 // carries the command line and its stderr. stdin carries anything secret.
-func runTool(stdin []byte, name string, args ...string) ([]byte, error) {
+func RunTool(stdin []byte, name string, args ...string) ([]byte, error) {
+	for try := 0; ; try++ {
+		out, err := runToolOnce(stdin, name, args...)
+		// The shadow tools take a lock on /etc/passwd and give up at once
+		// when another test package holds it: wait and try again.
+		if err == nil || !strings.Contains(err.Error(), "cannot lock") || try == 100 {
+			return out, err
+		}
+		time.Sleep(time.Duration(50+try*10) * time.Millisecond)
+	}
+}
+
+func runToolOnce(stdin []byte, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...) // #nosec G204 -- fixed setup tools; secrets go through stdin
@@ -490,8 +502,8 @@ func runTool(stdin []byte, name string, args ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
