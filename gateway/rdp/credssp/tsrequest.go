@@ -13,10 +13,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/asn1"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -282,10 +282,9 @@ func UnmarshalCredentials(b []byte) (*PasswordCreds, error) {
 
 // EncodeUTF16 returns s as UTF-16LE.
 func EncodeUTF16(s string) []byte {
-	u := utf16.Encode([]rune(s))
-	out := make([]byte, 2*len(u))
-	for i, c := range u {
-		out[2*i], out[2*i+1] = byte(c), byte(c>>8)
+	out := make([]byte, 0, 2*len(s))
+	for _, c := range utf16.Encode([]rune(s)) {
+		out = binary.LittleEndian.AppendUint16(out, c)
 	}
 	return out
 }
@@ -297,11 +296,11 @@ func UTF16FromUTF8(b []byte) []byte {
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
 		b = b[n:]
-		if r1, r2 := utf16.EncodeRune(r); r1 != unicode.ReplacementChar || r2 != unicode.ReplacementChar {
-			out = append(out, byte(r1), byte(r1>>8), byte(r2), byte(r2>>8))
-			continue
+		// AppendRune writes one code unit, or a surrogate pair.
+		var units [2]uint16
+		for _, c := range utf16.AppendRune(units[:0], r) {
+			out = binary.LittleEndian.AppendUint16(out, c)
 		}
-		out = append(out, byte(r), byte(r>>8))
 	}
 	return out
 }
