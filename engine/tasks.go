@@ -170,7 +170,14 @@ func (r *taskRunner) run(ctx context.Context, t *workitem.Task, now func() time.
 		cancel2()
 		cancel()
 		release()
-		// Whatever the change said, what counts is what logs in now.
+		// Whatever the change said, what counts is what logs in now. A
+		// key rotation that succeeded has just logged in with the new key
+		// and seen the old one refused: that is the proof, no need for
+		// another login.
+		if t.Method == workitem.MethodKey && changeErr == nil {
+			res.Candidates, res.Changed = []string{workitem.OutcomeOK}, true
+			return res
+		}
 		cand, cerr := check(ctx, t, t.Candidates[0])
 		res.Candidates = []string{cand}
 		res.Changed = cand == workitem.OutcomeOK
