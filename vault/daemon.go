@@ -507,60 +507,79 @@ func (d *Daemon) serveResults(ctx context.Context, conn connector.Connector, sit
 		return err
 	}
 	return conn.Consume(ctx, queue, maxInFlight, func(ctx context.Context, dl connector.Delivery) {
-		defer func() { _ = dl.Ack() }()
-		d.result(ctx, site, dl.Body(), count)
+		if d.result(ctx, site, dl.Body(), count) {
+			// Not applied for a passing reason (the store was busy):
+			// after a pause, back to the queue for another try.
+			select {
+			case <-time.After(retryPause):
+			case <-ctx.Done():
+			}
+			_ = dl.Reject(true)
+			return
+		}
+		_ = dl.Ack()
 	})
 }
 
-func (d *Daemon) result(ctx context.Context, site string, msg []byte, count ItemCounter) {
+// retryPause is how long a result that could not be applied waits before
+// it goes back to the queue.
+const retryPause = time.Second
+
+// result takes one message from a site's result queue; retry says it was
+// not applied for a passing reason and should come again.
+func (d *Daemon) result(ctx context.Context, site string, msg []byte, count ItemCounter) (retry bool) {
 	v := d.vault
 	peek, err := workitem.Peek(msg)
 	if err != nil {
 		v.reject(site, "unknown", rejectMalformed, count)
-		return
+		return false
 	}
 	kind := peek.Kind.String()
 	if peek.Site != site {
 		v.reject(site, kind, rejectWrongSite, count)
-		return
+		return false
 	}
 	key, version, engineSite, err := v.engineKeyOf(ctx, peek.Engine)
 	if err != nil {
 		v.reject(site, kind, rejectUnknownEngine, count, slog.String("engine", logSafe(peek.Engine)))
-		return
+		return false
 	}
 	defer clear(key)
 	if engineSite != site || int(peek.KeyVersion) != version { // #nosec G115 -- small counters
 		v.reject(site, kind, rejectStaleKey, count)
-		return
+		return false
 	}
 	h, body, err := workitem.Open(key, msg, v.now())
 	if err != nil {
 		v.reject(site, kind, rejectAuth, count)
-		return
+		return false
 	}
 	defer clear(body)
 	if !v.replays.Take(h.Site+"/"+h.Engine+"/"+h.ID, h.Expiry) {
 		v.reject(site, kind, rejectReplay, count)
-		return
+		return false
 	}
 	if h.Kind == workitem.KindTaskResult {
-		d.taskResult(ctx, site, h, body, count)
-		return
+		if d.taskResult(ctx, site, h, body, count) {
+			v.replays.Forget(h.Site + "/" + h.Engine + "/" + h.ID)
+			return true
+		}
+		return false
 	}
 	if h.Kind != workitem.KindPong {
 		v.reject(site, kind, rejectKind, count)
-		return
+		return false
 	}
 	var p workitem.Pong
 	if err := workitem.DecodeJSON(body, &p); err != nil {
 		v.reject(site, kind, rejectBody, count)
-		return
+		return false
 	}
 	if count != nil {
 		count(site, kind, "ok")
 	}
 	d.pongs.deliver(p.PingID, PingResult{Engine: h.Engine, Site: site, Version: p.Version})
+	return false
 }
 
 // PingResult is an engine's answer to a site ping.

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -95,23 +96,44 @@ func (e vaultError) Error() string { return string(e) }
 
 const errSiteNotServed = vaultError("the site is not served")
 
-// taskResult applies a task result from an engine of site.
-func (d *Daemon) taskResult(ctx context.Context, site string, h workitem.Header, body []byte, count ItemCounter) {
+// taskResult applies a task result from an engine of site; retry says
+// the store was busy and the result should come again.
+func (d *Daemon) taskResult(ctx context.Context, site string, h workitem.Header, body []byte, count ItemCounter) (retry bool) {
 	v := d.vault
 	kind := h.Kind.String()
 	res, err := workitem.DecodeTaskResult(body)
 	if err != nil {
 		v.reject(site, kind, rejectBody, count)
-		return
+		return false
 	}
 	if err := v.TaskResult(ctx, site, h.Engine, res); err != nil {
+		if busy(err) {
+			v.log.Info("task result not applied yet: the store is busy; it comes again", slog.String("site", site),
+				slog.String("secret", logSafe(res.Secret)))
+			return true
+		}
 		v.log.Warn("task result not applied", slog.String("site", site), slog.String("engine", h.Engine),
 			slog.String("secret", logSafe(res.Secret)), slog.Any("err", err))
 		v.reject(site, kind, "not_applied", count)
-		return
+		return false
 	}
 	if count != nil {
 		count(site, kind, "ok")
 	}
 	d.tasks.WithLabelValues(site, string(res.Op), res.Current).Inc()
+	return false
+}
+
+// busy reports whether err is SQLite saying the database was locked by
+// another writer past the busy timeout: a passing condition.
+func busy(err error) bool {
+	var e interface{ Code() int }
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code() & 0xff {
+	case 5, 6: // SQLITE_BUSY, SQLITE_LOCKED
+		return true
+	}
+	return false
 }

@@ -3,9 +3,11 @@ package vault
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -505,5 +507,37 @@ func TestMaintenanceMetrics(t *testing.T) {
 	if got["sallyport_vault_secret_heartbeat_timestamp_seconds"] != "outcome=rejected,secret=web01,site=default" ||
 		got["sallyport_vault_rotations_open"] != "phase=change,site=default" {
 		t.Fatalf("metrics %v", got)
+	}
+}
+
+// TestBusy: a write that meets another writer's lock is recognised as
+// passing (the daemon puts the result back instead of dropping it);
+// other errors are not.
+func TestBusy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "busy.db")
+	a, err := sql.Open("sqlite", path+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(0)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := a.Exec(`CREATE TABLE t (x INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := a.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	_, err = b.Exec(`INSERT INTO t VALUES (1)`)
+	if err == nil || !busy(fmt.Errorf("applying: %w", err)) {
+		t.Fatalf("a locked database: %v, busy %v", err, busy(err))
+	}
+	if busy(errors.New("constraint failed")) || busy(ErrNotFound) {
+		t.Fatal("other errors taken for busy")
 	}
 }

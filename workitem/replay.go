@@ -58,6 +58,14 @@ func (c *ReplayCache) Take(id string, expiry time.Time) bool {
 	return true
 }
 
+// Forget drops id: the item it named was not acted on, and may come again
+// (a redelivery after a failure to apply it).
+func (c *ReplayCache) Forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.seen, id)
+}
+
 // Len returns how many ids are remembered.
 func (c *ReplayCache) Len() int {
 	c.mu.Lock()

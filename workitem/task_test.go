@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 )
 
 func testTask() *Task {
@@ -149,4 +150,16 @@ func FuzzDecodeTaskResult(f *testing.F) {
 			t.Fatalf("accepted %+v", r)
 		}
 	})
+}
+
+func TestReplayForget(t *testing.T) {
+	c := NewReplayCache(10, nil)
+	exp := time.Now().Add(time.Minute)
+	if !c.Take("a", exp) || c.Take("a", exp) {
+		t.Fatal("Take")
+	}
+	c.Forget("a")
+	if !c.Take("a", exp) {
+		t.Fatal("a forgotten id was refused")
+	}
 }
