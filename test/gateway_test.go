@@ -89,8 +89,8 @@ func startGateway(bin, dir string, target *sshdTarget, extra ...string) (_ *gate
 		}
 	}()
 	if err := g.waitReady(readyLine, 2*time.Minute); err != nil {
-		sshUp := waitPort(g.SSHPort, time.Second, g.done) == nil
-		apiUp := waitPort(g.APIPort, time.Second, g.done) == nil
+		sshUp := sshdtest.WaitPort(g.SSHPort, time.Second, g.done) == nil
+		apiUp := sshdtest.WaitPort(g.APIPort, time.Second, g.done) == nil
 		return nil, fmt.Errorf("%w\n(ssh port open: %v, api port open: %v)", err, sshUp, apiUp)
 	}
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
 // proc is a sallyport daemon the test started (dev, vault or engine), its
@@ -72,7 +74,7 @@ func (p *proc) exited() error {
 }
 
 // stop ends the process by the PID the test started.
-func (p *proc) stop() error { return stopProcess(p.cmd.Process, p.done, 30*time.Second) }
+func (p *proc) stop() error { return sshdtest.StopProcess(p.cmd.Process, p.done, 30*time.Second) }
 
 // kill ends the process with SIGKILL (a crash) and waits for it.
 func (p *proc) kill() {

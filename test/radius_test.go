@@ -230,7 +230,7 @@ func startFreeRADIUS(dir string, opts ...frOption) (_ *freeRADIUS, err error) {
 
 // Close stops FreeRADIUS by its PID.
 func (f *freeRADIUS) Close() error {
-	return stopProcess(f.cmd.Process, f.done, 10*time.Second)
+	return sshdtest.StopProcess(f.cmd.Process, f.done, 10*time.Second)
 }
 
 // LogTail returns the last n lines of FreeRADIUS's log and stdout.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -110,7 +109,7 @@ func startTarget(dir string) (_ *sshdTarget, err error) {
 	}
 	s.done = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.done) }()
-	if err := waitPort(s.Port, 15*time.Second, s.done); err != nil {
+	if err := sshdtest.WaitPort(s.Port, 15*time.Second, s.done); err != nil {
 		return nil, fmt.Errorf("sshd on port %d: %w; log:\n%s", s.Port, err, s.LogTail(20))
 	}
 	return s, nil
@@ -176,7 +175,7 @@ func (s *sshdTarget) installClientKey() error {
 func (s *sshdTarget) Close() error {
 	var errs []error
 	if s.cmd != nil && s.cmd.Process != nil {
-		errs = append(errs, stopProcess(s.cmd.Process, s.done, 10*time.Second))
+		errs = append(errs, sshdtest.StopProcess(s.cmd.Process, s.done, 10*time.Second))
 	}
 	// -f: a session child of sshd may still be winding down.
 	if _, err := sshdtest.RunTool(nil, "userdel", "-r", "-f", s.User); err != nil {
@@ -242,50 +241,6 @@ func keyFingerprint(pubFile string) (string, error) {
 // knownHostsLine pins key for [127.0.0.1]:port.
 func knownHostsLine(port int, key string) string {
 	return fmt.Sprintf("[127.0.0.1]:%d %s\n", port, key)
-}
-
-// waitPort waits until 127.0.0.1:port accepts connections, the process
-// behind done exits, or the bound runs out.
-func waitPort(port int, bound time.Duration, done <-chan struct{}) error {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(bound)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-done:
-			return errors.New("process exited before accepting connections")
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no listener after %v: %w", bound, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stopProcess sends SIGTERM to p, which the test started, waits for done
-// (closed after Wait returned), and kills p if it does not stop in time.
-func stopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) error {
-	select {
-	case <-done:
-		return nil
-	default:
-	}
-	if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("signal pid %d: %w", p.Pid, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(grace):
-	}
-	p.Kill()
-	<-done
-	return fmt.Errorf("pid %d ignored SIGTERM for %v and was killed", p.Pid, grace)
 }
 
 const (

@@ -180,7 +180,7 @@ func Start() (_ *Server, err error) {
 	}
 	s.done = make(chan struct{})
 	go func() { _ = s.cmd.Wait(); close(s.done) }()
-	if err := waitPort(s.Port, 15*time.Second, s.done); err != nil {
+	if err := WaitPort(s.Port, 15*time.Second, s.done); err != nil {
 		return nil, fmt.Errorf("sshd on port %d: %w; log:\n%s", s.Port, err, s.LogTail(20))
 	}
 	return s, nil
@@ -226,7 +226,7 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 func (s *Server) Close() error {
 	var errs []error
 	if s.cmd != nil && s.cmd.Process != nil {
-		errs = append(errs, stopProcess(s.cmd.Process, s.done, 10*time.Second))
+		errs = append(errs, StopProcess(s.cmd.Process, s.done, 10*time.Second))
 	}
 	s.mu.Lock()
 	var accounts, sudoers []string
@@ -512,9 +512,9 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// waitPort waits until 127.0.0.1:port accepts connections, the process
+// WaitPort waits until 127.0.0.1:port accepts connections, the process
 // behind done exits, or the bound runs out.
-func waitPort(port int, bound time.Duration, done <-chan struct{}) error {
+func WaitPort(port int, bound time.Duration, done <-chan struct{}) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(bound)
 	for {
@@ -534,9 +534,9 @@ func waitPort(port int, bound time.Duration, done <-chan struct{}) error {
 	}
 }
 
-// stopProcess sends SIGTERM to p, which we started, waits for done
+// StopProcess sends SIGTERM to p, which the caller started, waits for done
 // (closed once Wait returned), and kills p if it does not stop in time.
-func stopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) error {
+func StopProcess(p *os.Process, done <-chan struct{}, grace time.Duration) error {
 	select {
 	case <-done:
 		return nil
