@@ -24,6 +24,15 @@ have pkcs11-tool || need_pkgs+=(opensc)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_pkgs+=(rabbitmq-server)
 # Password changes through a privileged account run chpasswd under sudo.
 have sudo || need_pkgs+=(sudo)
+# RDP (internal/rdptest): Xvfb gives the FreeRDP tools a display; freerdp-shadow-cli
+# is an NLA target with a SAM file made by winpr-hash; xrdp with xorgxrdp is a TLS
+# target that logs Unix accounts in; xfreerdp is the real client.
+have Xvfb || need_pkgs+=(xvfb)
+have xfreerdp || need_pkgs+=(freerdp2-x11)
+have freerdp-shadow-cli || need_pkgs+=(freerdp2-shadow-x11)
+have winpr-hash || need_pkgs+=(winpr-utils)
+{ have xrdp && have xrdp-sesman; } || need_pkgs+=(xrdp)
+[ -f /usr/lib/xorg/modules/drivers/xrdpdev_drv.so ] || need_pkgs+=(xorgxrdp)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
