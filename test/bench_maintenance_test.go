@@ -376,7 +376,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 	c.Ctl(b, "site", "add", "bench-hb")
 	e := c.StartEngine(b, "bench-hb", "--config", cfg)
 	c.Approve(b, e)
-	hb := &heartbeatBench{b: b, api: adminAPI(b, c), e: e, rounds: rounds,
+	hb := &heartbeatBench{b: b, api: adminAPI(b, c), e: e, sshd: srv, rounds: rounds,
 		meter: cpuMeter{engines: []int{e.cmd.Process.Pid}, vault: c.vault.cmd.Process.Pid, sshd: sshdPID(srv)}}
 	if hb.meter.sshd == 0 {
 		summarize(b, "heartbeat  sshd's PID not found: its CPU is left out")
@@ -469,6 +469,7 @@ type heartbeatBench struct {
 	b          *testing.B
 	api        *vault.Client
 	e          *engineProc
+	sshd       *sshdtest.Server // its log tail explains a refused heartbeat
 	meter      cpuMeter
 	rounds     int
 	idleEngine float64 // ms of CPU per second, engine idle
@@ -568,16 +569,16 @@ func (h *heartbeatBench) engineRound(names []string) heartbeatRound {
 	}
 	var polls []poll
 	var at []time.Time
-	bad := 0
+	var bad []string // "name: outcome" of each heartbeat not ok
 	for {
-		at, bad = at[:0], 0
+		at, bad = at[:0], bad[:0]
 		rows := listSecrets(b, h.api)
 		for _, name := range names {
 			m := rows[name].Maintenance
 			if m.LastHeartbeatAt.After(t0) {
 				at = append(at, m.LastHeartbeatAt)
 				if m.LastHeartbeat != "ok" {
-					bad++
+					bad = append(bad, name+": "+m.LastHeartbeat)
 				}
 			}
 		}
@@ -592,8 +593,9 @@ func (h *heartbeatBench) engineRound(names []string) heartbeatRound {
 	}
 	settleSSHD()
 	used := h.meter.read(b).sub(s0)
-	if bad > 0 {
-		b.Errorf("%d of %d heartbeats did not come back ok", bad, len(names))
+	if len(bad) > 0 {
+		b.Errorf("%d of %d heartbeats did not come back ok:\n%s\nsshd log:\n%s",
+			len(bad), len(names), strings.Join(bad, "\n"), h.sshd.LogTail(40))
 	}
 	slices.SortFunc(at, time.Time.Compare)
 	cut := t0.Add(hbResendAfter)
