@@ -76,7 +76,10 @@ type CredentialReply struct {
 // reply's wire form and never holds the secret (see EncodeReply). Call
 // Wipe when done with it.
 type Credential struct {
-	Secret   string `json:"secret"`
+	Secret string `json:"secret"`
+	// Protocol is how the target is reached: ProtocolSSH (also when
+	// empty, as before protocols existed) or ProtocolRDP.
+	Protocol string `json:"protocol,omitempty"`
 	Host     string `json:"host"`
 	Port     int    `json:"port"`
 	Username string `json:"username"`
@@ -87,11 +90,18 @@ type Credential struct {
 	// SecretKind is "password" or "private_key": which of the two the
 	// secret bytes after the JSON fill. EncodeReply sets it.
 	SecretKind string `json:"secret_kind,omitempty"`
-	// HostKey is the pinned target host key in SSH wire format. It is empty
+	// HostKey is the pinned target host key in SSH wire format, or for an
+	// RDP target the SHA-256 of its TLS certificate (DER). It is empty
 	// only when PinOnFirstUse is set and no key has been seen yet.
 	HostKey       []byte `json:"host_key,omitempty"`
 	PinOnFirstUse bool   `json:"pin_on_first_use,omitempty"`
 }
+
+// Target protocols (Credential.Protocol).
+const (
+	ProtocolSSH = "ssh"
+	ProtocolRDP = "rdp"
+)
 
 // Wipe overwrites the credential's secret bytes.
 func (c *Credential) Wipe() {

@@ -127,8 +127,9 @@ func (c *conn) precheck(login string) (user, secret string, ok bool) {
 	if len(login) > names.MaxLoginLen {
 		return refuse(refusedTooLong)
 	}
+	login, c.rdp = splitRDP(login)
 	user, secret, err := names.ParseLogin(login)
-	if err != nil {
+	if err != nil || c.rdp && secret == "" {
 		return refuse(refusedMalformed)
 	}
 	d := s.logins.Check(user, c.source)
@@ -189,6 +190,25 @@ func (c *conn) authenticate(user, secret string, password []byte, ask Asker) (*g
 			return refuse("no target chosen", err, false)
 		}
 		ev.Secret = secret
+	}
+	if c.rdp {
+		if cfg.RDPTokens == nil {
+			return refuse("RDP token refused", errNoRDP, true)
+		}
+		err := c.issueRDPToken(ctx, id, secret)
+		if errors.Is(err, ErrUnavailable) {
+			c.tellUnavailable(ctx, ask)
+			return refuse("credential service unavailable", err, false)
+		}
+		if err != nil {
+			return refuse("RDP token refused", err, true)
+		}
+		c.id, c.secret = id, secret
+		cfg.Metrics.login(true)
+		ev.Kind, ev.Outcome = "rdp_token", "ok"
+		ev.Attrs = append(ev.Attrs, slog.Time("expires", c.rdpExpires))
+		cfg.Audit.Record(ctx, ev)
+		return &gossh.Permissions{}, nil
 	}
 	// Check out now, so a secret that is unknown or not allowed looks like
 	// any failed login. serve wipes the credential once the target is dialed.

@@ -85,6 +85,13 @@ type Config struct {
 	// closes the connection at once. It should answer from a cache.
 	Ready func(ctx context.Context) error
 
+	// RDPTokens, when set, issues RDP tokens to logins of the form
+	// USER@rdp:SECRET; nil refuses them.
+	RDPTokens RDPTokenIssuer
+	// RDPAddr is the RDP gateway's address as clients reach it, shown
+	// with a token and written in .rdp files.
+	RDPAddr string
+
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -527,6 +534,11 @@ type conn struct {
 	id     Identity
 	secret string
 	cred   *workitem.Credential
+	// rdp: the login asks for an RDP token (USER@rdp:SECRET); the token
+	// issued, printed by the session.
+	rdp        bool
+	rdpToken   []byte
+	rdpExpires time.Time
 }
 
 func (c *conn) touch() { c.lastActive.Store(c.srv.cfg.Now().UnixNano()) }

@@ -54,6 +54,10 @@ func (c *conn) serve() {
 	if c.ac != nil {
 		c.ac.Admit()
 	}
+	if c.rdp {
+		c.serveRDPToken(chans, reqs)
+		return
+	}
 	log := c.log().With("user", c.id.User, "secret", c.secret)
 
 	cred := c.cred

@@ -57,6 +57,10 @@ func (c *conn) dialTarget(ctx context.Context, cred *workitem.Credential) (*targ
 	cfg := &c.srv.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
+	if cred.Protocol != "" && cred.Protocol != workitem.ProtocolSSH {
+		return nil, &userError{fmt.Sprintf("%s is an RDP target: ask for a token with ssh %s@rdp:%s@GATEWAY", c.secret, c.id.User, c.secret),
+			errors.New("not an SSH target")}
+	}
 	addr := net.JoinHostPort(cred.Host, strconv.Itoa(cred.Port))
 
 	hostKeyAlgos, err := hostKeyAlgorithms(cred.HostKey)

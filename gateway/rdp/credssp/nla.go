@@ -36,7 +36,24 @@ type ServerConfig struct {
 	// Lookup returns the password the client must prove for user and
 	// domain (a one-time token for the gateway), or false.
 	Lookup func(user, domain string) (password []byte, ok bool)
+	// Authorize, when set, is called once the client has proved its
+	// password and bound it to the TLS key, and before the server's
+	// answer: the last point at which the client can still be told that
+	// it is refused. An error refuses the logon; the client is sent the
+	// NTSTATUS of a *StatusError in the error's chain, or
+	// STATUS_ACCESS_DENIED.
+	Authorize func(user, domain string) error
 }
+
+// StatusError carries the NTSTATUS an Authorize refusal reports to the
+// client.
+type StatusError struct {
+	Status uint32
+	Err    error
+}
+
+func (e *StatusError) Error() string { return e.Err.Error() }
+func (e *StatusError) Unwrap() error { return e.Err }
 
 // Accepted is what the server side learnt: who authenticated, and the
 // credentials they delegated (the caller wipes them).
@@ -96,6 +113,16 @@ func Serve(rw io.ReadWriter, cfg ServerConfig) (*Accepted, error) {
 			return nil, ErrBinding
 		}
 		answer = LegacyServerBinding(cfg.PublicKey)
+	}
+	if cfg.Authorize != nil {
+		if err := cfg.Authorize(sess.User, sess.Domain); err != nil {
+			status := uint32(StatusAccessDenied)
+			if se := (*StatusError)(nil); errors.As(err, &se) {
+				status = se.Status
+			}
+			_ = writeRequest(rw, &Request{Version: version, ErrorCode: status})
+			return nil, fmt.Errorf("credssp: not authorized: %w", err)
+		}
 	}
 	sealed, err := sess.Seal(answer)
 	if err != nil {
