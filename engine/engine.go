@@ -29,6 +29,7 @@ import (
 
 	"github.com/sallyport/sallyport/connector"
 	"github.com/sallyport/sallyport/enroll"
+	"github.com/sallyport/sallyport/gateway/rdp"
 	gw "github.com/sallyport/sallyport/gateway/ssh"
 	"github.com/sallyport/sallyport/hsm"
 	"github.com/sallyport/sallyport/names"
@@ -89,6 +90,12 @@ type Config struct {
 	Gateway gw.Config
 	// SSHListener is where the gateway serves.
 	SSHListener net.Listener
+	// RDP is the RDP gateway's configuration; the engine fills in its
+	// credential source. Used only with RDPListener.
+	RDP rdp.Config
+	// RDPListener, if set, is where the RDP gateway serves, beside the
+	// SSH one.
+	RDPListener net.Listener
 	// Log receives operational messages.
 	Log *slog.Logger
 	// Registry, if set, receives the engine's metrics.
@@ -128,6 +135,8 @@ type Engine struct {
 	retiring sync.WaitGroup // connections left behind, until their grace ends
 	gateway  *gw.Server
 	gwDone   chan error
+	rdp      *rdp.Server
+	rdpDone  chan error
 
 	pullNow chan chan struct{} // asks Run to pull the configuration now
 
@@ -598,7 +607,8 @@ func stopConn(conn connector.Connector, stop context.CancelFunc, wg *sync.WaitGr
 	work.close()
 }
 
-// startGatewayLocked starts the SSH gateway; callers hold e.mu.
+// startGatewayLocked starts the SSH gateway, and the RDP gateway if it
+// has a listener; callers hold e.mu.
 func (e *Engine) startGatewayLocked() error {
 	if e.cfg.SSHListener == nil {
 		return nil
@@ -612,10 +622,26 @@ func (e *Engine) startGatewayLocked() error {
 	if err != nil {
 		return err
 	}
+	if e.cfg.RDPListener != nil {
+		rcfg := e.cfg.RDP
+		rcfg.Credentials = e.link
+		if rcfg.Log == nil {
+			rcfg.Log = e.log
+		}
+		if e.rdp, err = rdp.NewServer(rcfg); err != nil {
+			return err
+		}
+	}
 	e.gateway = srv
 	e.gwDone = make(chan error, 1)
 	go func() { e.gwDone <- srv.Serve(e.cfg.SSHListener) }()
 	e.log.Info("SSH gateway serving", "addr", e.cfg.SSHListener.Addr().String())
+	if e.rdp != nil {
+		rs := e.rdp
+		e.rdpDone = make(chan error, 1)
+		go func() { e.rdpDone <- rs.Serve(e.cfg.RDPListener) }()
+		e.log.Info("RDP gateway serving", "addr", e.cfg.RDPListener.Addr().String())
+	}
 	if e.cfg.OnServing != nil {
 		e.cfg.OnServing()
 	}
@@ -627,11 +653,21 @@ func (e *Engine) startGatewayLocked() error {
 // connector closes, then the keys are wiped. It waits for Run to return.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
-	g := e.gateway
+	g, r := e.gateway, e.rdp
 	e.mu.Unlock()
 	var err error
-	if g != nil {
-		err = g.Shutdown(ctx)
+	if g != nil || r != nil {
+		// Both gateways drain at once, under the same deadline.
+		var wg sync.WaitGroup
+		var rerr error
+		if r != nil {
+			wg.Go(func() { rerr = r.Shutdown(ctx) })
+		}
+		if g != nil {
+			err = g.Shutdown(ctx)
+		}
+		wg.Wait()
+		err = errors.Join(err, rerr)
 	}
 	e.runCancel()
 	select {
@@ -647,8 +683,18 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 // stopAll ends Run: gateway (if Shutdown did not), consumers, connector.
 func (e *Engine) stopAll(cause error) error {
 	e.mu.Lock()
-	g := e.gateway
+	g, r := e.gateway, e.rdp
 	e.mu.Unlock()
+	if r != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if cause != nil {
+			_ = r.Close()
+		} else {
+			_ = r.Shutdown(sctx)
+		}
+		cancel()
+		<-e.rdpDone
+	}
 	if g != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		if cause != nil {

@@ -27,6 +27,9 @@ const (
 	// LabelEngineKey is the engine's ECDSA P-256 key pair; it signs and is
 	// also used for P-256 ECDH.
 	LabelEngineKey = "sallyport-engine"
+	// LabelRDPKey signs the RDP gateway's TLS handshakes (its certificate
+	// is self-signed with it, or issued for it).
+	LabelRDPKey = "sallyport-rdp-tls"
 )
 
 var (

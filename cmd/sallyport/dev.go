@@ -28,6 +28,7 @@ func devMain(args []string, stderr io.Writer) int {
 	var df daemonFlags
 	df.register(fs, "./.sallyport")
 	sshAddr := fs.String("ssh-addr", "127.0.0.1:2222", "SSH proxy listen address")
+	rdpAddr := fs.String("rdp-addr", "", "RDP proxy listen address, e.g. 127.0.0.1:3389 (default: no RDP proxy)")
 	apiAddr := fs.String("api-addr", "127.0.0.1:8443", "admin API (HTTPS) listen address")
 	idle := fs.Duration("idle-timeout", gw.DefaultIdleTimeout, "close SSH sessions idle this long")
 	maxSession := fs.Duration("max-session", gw.DefaultMaxSessionTime, "close SSH sessions after this long")
@@ -45,7 +46,7 @@ func devMain(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	o := devOptions{cfg: cfg, data: df.data, sshAddr: *sshAddr, apiAddr: *apiAddr, idle: *idle, maxSession: *maxSession}
+	o := devOptions{cfg: cfg, data: df.data, sshAddr: *sshAddr, rdpAddr: *rdpAddr, apiAddr: *apiAddr, idle: *idle, maxSession: *maxSession}
 	if err := runDev(ctx, o, log, stderr); err != nil {
 		fmt.Fprintf(stderr, "sallyport dev: %v\n", err)
 		return 1
@@ -56,6 +57,7 @@ func devMain(args []string, stderr io.Writer) int {
 type devOptions struct {
 	cfg                    *config.File
 	data, sshAddr, apiAddr string
+	rdpAddr                string
 	idle, maxSession       time.Duration
 }
 
@@ -98,7 +100,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	ready := make(chan string, 1)
 	est, err := prepareEngine(ctx, engineOptions{
 		cfg: o.cfg, data: filepath.Join(o.data, "engine"), vaultURL: vst.apiURL, vaultCA: caPool, site: vault.DefaultSite,
-		name: "dev", sshAddr: o.sshAddr, poll: engine.DefaultPollInterval, idle: o.idle, maxSession: o.maxSession,
+		name: "dev", sshAddr: o.sshAddr, rdpAddr: o.rdpAddr, poll: engine.DefaultPollInterval, idle: o.idle, maxSession: o.maxSession,
 		keys: vst.keys, hostKeyDir: o.data, registry: vst.registry,
 		connect: func(context.Context, engine.ConnectorSettings) (connector.Connector, error) {
 			return vst.queues.Session(), nil
@@ -120,7 +122,7 @@ func runDev(ctx context.Context, o devOptions, log *slog.Logger, stderr io.Write
 	var runErr error
 	select {
 	case addr := <-ready:
-		fmt.Fprintf(stderr, "sallyport dev: ready ssh=%s api=%s data=%s\n", addr, vst.apiURL, o.data)
+		fmt.Fprintf(stderr, "sallyport dev: ready ssh=%s api=%s data=%s%s\n", addr, vst.apiURL, o.data, rdpField(est.rdpAddr))
 		select {
 		case <-ctx.Done():
 		case runErr = <-engineErr:

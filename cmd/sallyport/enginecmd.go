@@ -27,12 +27,14 @@ import (
 
 // engineOptions are `sallyport engine`'s settings.
 type engineOptions struct {
-	cfg              *config.File
-	data             string
-	vaultURL         string
-	vaultCA          *x509.CertPool
-	site, name       string
-	sshAddr          string
+	cfg        *config.File
+	data       string
+	vaultURL   string
+	vaultCA    *x509.CertPool
+	site, name string
+	sshAddr    string
+	// rdpAddr, if set, is where the RDP gateway listens.
+	rdpAddr          string
 	poll             time.Duration
 	idle, maxSession time.Duration
 	amqpCA           *x509.CertPool
@@ -65,6 +67,7 @@ func engineMain(args []string, stderr io.Writer) int {
 	site := fs.String("site", "", "the engine's site (required)")
 	name := fs.String("name", "", "a name shown to the administrator who approves the engine (default: the host name)")
 	sshAddr := fs.String("ssh-addr", ":2222", "SSH gateway listen address")
+	rdpAddr := fs.String("rdp-addr", "", "RDP gateway listen address, e.g. :3389 (default: no RDP gateway)")
 	poll := fs.Duration("poll", engine.DefaultPollInterval, "how often the configuration is pulled from the vault")
 	idle := fs.Duration("idle-timeout", gw.DefaultIdleTimeout, "close SSH sessions idle this long")
 	maxSession := fs.Duration("max-session", gw.DefaultMaxSessionTime, "close SSH sessions after this long")
@@ -82,7 +85,7 @@ func engineMain(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sallyport engine: %v\n", err)
 		return 2
 	}
-	o := engineOptions{cfg: cfg, data: df.data, vaultURL: *vaultURL, site: *site, name: *name, sshAddr: *sshAddr,
+	o := engineOptions{cfg: cfg, data: df.data, vaultURL: *vaultURL, site: *site, name: *name, sshAddr: *sshAddr, rdpAddr: *rdpAddr,
 		poll: *poll, idle: *idle, maxSession: *maxSession, metricsAddr: *metricsAddr}
 	if o.vaultCA, _, err = readCAFile(*caFile); err != nil {
 		fmt.Fprintf(stderr, "sallyport engine: %v\n", err)
@@ -115,6 +118,7 @@ type engineStack struct {
 	closeAuth func()
 	release   func()
 	sshAddr   string
+	rdpAddr   string // "" without an RDP gateway
 }
 
 func (st *engineStack) close() {
@@ -175,11 +179,25 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 		reg = newRegistry()
 	}
 	st.registry = reg
+	var rdpGW *rdpSetup
+	if o.rdpAddr != "" {
+		if rdpGW, err = prepareRDP(ctx, o.cfg, keys, o.rdpAddr, hostKeyDir, reg, log, o.idle, o.maxSession); err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+		st.rdpAddr = rdpGW.ln.Addr().String()
+	}
+	closeListeners := func() {
+		_ = ln.Close()
+		if rdpGW != nil {
+			_ = rdpGW.ln.Close()
+		}
+	}
 	connect := o.connect
 	if connect == nil {
 		connect = engineConnect(o.amqpCA, log)
 	}
-	eng, err := engine.New(ctx, engine.Config{
+	ecfg := engine.Config{
 		VaultURL: o.vaultURL, VaultCA: o.vaultCA, Site: o.site, DataDir: o.data, Keys: keys, Name: o.name,
 		PollInterval: o.poll, Connect: connect, SSHListener: ln, Log: log, Registry: reg,
 		MaxChanges: engineChanges(o.cfg), HostChanges: hostChanges(o.cfg),
@@ -188,19 +206,26 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 				o.onServing(st.sshAddr)
 			}
 		},
-	})
+	}
+	if rdpGW != nil {
+		ecfg.RDP, ecfg.RDPListener = rdpGW.cfg, rdpGW.ln
+	}
+	eng, err := engine.New(ctx, ecfg)
 	if err != nil {
-		_ = ln.Close()
+		closeListeners()
 		return nil, err
 	}
 	auth, closeAuth, err := gatewayAuth(o.cfg, eng.LocalUsers(), reg, log)
 	if err != nil {
-		_ = ln.Close()
+		closeListeners()
 		return nil, err
 	}
 	st.closeAuth = closeAuth
 	gcfg := gatewayConfig(o.cfg, hostKey, auth, keys, reg, log, o.idle, o.maxSession)
 	gcfg.Audit = audit.Log{L: log}
+	if rdpGW != nil {
+		gcfg.RDPTokens, gcfg.RDPAddr = rdpGW.tokens, st.rdpAddr
+	}
 	eng.SetGateway(gcfg)
 	st.eng = eng
 	return st, nil
@@ -212,7 +237,7 @@ func runEngine(ctx context.Context, o engineOptions, log *slog.Logger, stderr io
 		return err
 	}
 	defer st.close()
-	fmt.Fprintf(stderr, "sallyport engine: id %s fingerprint %s site %s ssh=%s\n", st.eng.ID(), st.eng.Fingerprint(), o.site, st.sshAddr)
+	fmt.Fprintf(stderr, "sallyport engine: id %s fingerprint %s site %s ssh=%s%s\n", st.eng.ID(), st.eng.Fingerprint(), o.site, st.sshAddr, rdpField(st.rdpAddr))
 	if o.metricsAddr != "" {
 		ms, err := serveMetrics(o.metricsAddr, st.registry, log)
 		if err != nil {

@@ -71,7 +71,7 @@ func providerName(c *config.File) string {
 }
 
 // The long-lived keys besides the KEK: all ECDSA P-256.
-var signerLabels = []string{hsm.LabelSSHHostKey, hsm.LabelAuditKey, hsm.LabelEngineKey}
+var signerLabels = []string{hsm.LabelSSHHostKey, hsm.LabelAuditKey, hsm.LabelEngineKey, hsm.LabelRDPKey}
 
 func keysMain(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
