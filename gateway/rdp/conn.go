@@ -305,7 +305,7 @@ func (c *conn) authorize(_, _ string) error {
 			reason = ue.reason
 		}
 		c.log().Error("target connection failed", "user", c.id.User, "secret", c.secret, "err", err)
-		if r, ok := cfg.Credentials.(sshgw.RejectionReporter); ok && errors.Is(err, errCredentialRejected) {
+		if r, ok := cfg.Credentials.(sshgw.RejectionReporter); ok && errors.Is(err, ErrRejected) {
 			// The vault checks the credential at once (a heartbeat).
 			id, src, secret := c.id, c.src, c.secret
 			go func() {

@@ -399,3 +399,37 @@ func TestNotAnRDPSecret(t *testing.T) {
 	_, err := connect(t, f.addr, "", pdu.ProtocolHybrid, "alice@win01", f.issue(t))
 	wantStatus(t, err, accessDenied)
 }
+
+func TestCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nla := startTarget(t, "vault-pass-1", pdu.ProtocolHybrid)
+	tlsOnly := startTarget(t, "", pdu.ProtocolSSL)
+	cred := func(tg *nlaTarget, pw string, pin []byte) *workitem.Credential {
+		return &workitem.Credential{Protocol: workitem.ProtocolRDP, Host: "127.0.0.1", Port: tg.port(), Username: "Administrator",
+			Password: []byte(pw), HostKey: pin}
+	}
+	if err := Check(ctx, cred(nla, "vault-pass-1", nla.sum())); err != nil {
+		t.Fatalf("good credential: %v", err)
+	}
+	if err := Check(ctx, cred(nla, "stale", nla.sum())); !errors.Is(err, ErrRejected) {
+		t.Fatalf("stale credential: %v", err)
+	}
+	if err := Check(ctx, cred(nla, "vault-pass-1", tlsOnly.sum())); !errors.Is(err, ErrCertificateMismatch) {
+		t.Fatalf("other certificate: %v", err)
+	}
+	if err := Check(ctx, cred(nla, "vault-pass-1", nil)); !errors.Is(err, ErrCertificateMismatch) {
+		t.Fatalf("no pin: %v", err)
+	}
+	if err := Check(ctx, cred(tlsOnly, "x", tlsOnly.sum())); !errors.Is(err, ErrUnverifiable) {
+		t.Fatalf("TLS-only target: %v", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = ln.Close()
+	gone := cred(nla, "vault-pass-1", nla.sum())
+	gone.Port = port
+	if err := Check(ctx, gone); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("nothing listening: %v", err)
+	}
+}
