@@ -11,6 +11,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/sallyport/sallyport/gateway/rdp"
 	"github.com/sallyport/sallyport/names"
 	"github.com/sallyport/sallyport/sshtarget"
 	"github.com/sallyport/sallyport/workitem"
@@ -136,8 +137,36 @@ func detail(err error) string {
 }
 
 func check(ctx context.Context, t *workitem.Task, s workitem.Secret) (string, error) {
+	if t.Protocol == workitem.ProtocolRDP {
+		return checkRDP(ctx, t, s)
+	}
 	o, err := sshtarget.Check(ctx, login(t, s))
 	return outcome(o), err
+}
+
+// checkRDP is an RDP target's heartbeat: the certificate checked against
+// the pin and, for an NLA target, the password proved with CredSSP. A
+// TLS-only target can check a password only in a whole session: its
+// heartbeat is an error that says so.
+func checkRDP(ctx context.Context, t *workitem.Task, s workitem.Secret) (string, error) {
+	if len(s.Password) == 0 {
+		return workitem.OutcomeError, errors.New("an RDP target needs a password")
+	}
+	ctx, cancel := context.WithTimeout(ctx, taskLoginTimeout)
+	defer cancel()
+	err := rdp.Check(ctx, &workitem.Credential{Secret: t.Secret, Protocol: t.Protocol, Host: t.Host, Port: t.Port,
+		Username: t.Username, Password: s.Password, HostKey: t.HostKey})
+	switch {
+	case err == nil:
+		return workitem.OutcomeOK, nil
+	case errors.Is(err, rdp.ErrRejected):
+		return workitem.OutcomeRejected, err
+	case errors.Is(err, rdp.ErrCertificateMismatch):
+		return workitem.OutcomeHostKeyChanged, err
+	case errors.Is(err, rdp.ErrUnreachable):
+		return workitem.OutcomeUnreachable, err
+	}
+	return workitem.OutcomeError, err
 }
 
 // run does t and returns its result (the caller fills Task).
@@ -150,6 +179,11 @@ func (r *taskRunner) run(ctx context.Context, t *workitem.Task, now func() time.
 		res.Current, err = check(ctx, t, t.Current)
 		res.Detail = detail(err)
 	case workitem.TaskChange:
+		if t.Protocol == workitem.ProtocolRDP {
+			// Never changed blind: the vault does not rotate RDP targets.
+			res.Current, res.Detail = workitem.OutcomeError, "password changes of RDP targets are not supported"
+			return res
+		}
 		// Waiting for a slot counts against the item's life.
 		actx, acancel := context.WithDeadline(ctx, expiry)
 		release, err := r.acquire(actx, t.Host)

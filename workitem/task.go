@@ -103,8 +103,12 @@ type Task struct {
 	Host     string `json:"host"`
 	Port     int    `json:"port"`
 	Username string `json:"username"`
-	// HostKey is the pinned target host key (SSH wire format); a task is
-	// never sent for a target without one.
+	// Protocol is the target's (ProtocolSSH, also when empty, or
+	// ProtocolRDP: heartbeats only).
+	Protocol string `json:"protocol,omitempty"`
+	// HostKey is the pinned target host key (SSH wire format), or the
+	// SHA-256 of an RDP target's certificate; a task is never sent for a
+	// target without one.
 	HostKey []byte `json:"host_key"`
 	// Method is how a change is made (MethodSelf, MethodPrivileged,
 	// MethodKey); empty for heartbeats and verifies.
