@@ -28,6 +28,9 @@
 //
 // One of each component per test package is enough; Shared starts them on
 // first use and Main stops them.
+//
+// ServerCertificate uses gateway/rdp/pdu for the X.224 negotiation, so
+// that package's own tests cannot import this one.
 package rdptest
 
 import (
