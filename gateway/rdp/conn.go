@@ -206,10 +206,12 @@ func splitLogin(user, domain string) (string, string, error) {
 func (c *conn) lookup(user, domain string) ([]byte, bool) {
 	s := c.srv
 	dummy := func() ([]byte, bool) {
-		b := make([]byte, tokenEncoding.EncodedLen(tokenBytes))
-		if _, err := io.ReadFull(s.cfg.Rand, b); err != nil {
+		raw := make([]byte, tokenBytes)
+		if _, err := io.ReadFull(s.cfg.Rand, raw); err != nil {
 			return nil, false
 		}
+		b := make([]byte, tokenEncoding.EncodedLen(tokenBytes))
+		tokenEncoding.Encode(b, raw)
 		return b, true
 	}
 	refuse := func(reason string) ([]byte, bool) {
@@ -316,7 +318,7 @@ func (c *conn) authorize(_, _ string) error {
 		}
 		cfg.Audit.Record(ctx, audit.Event{Kind: "session_start", Outcome: "error", User: c.id.User, Source: c.src.String(), Secret: c.secret,
 			Attrs: []slog.Attr{slog.String("protocol", "rdp"), slog.String("reason", reason), slog.String("detail", err.Error())}})
-		return refusal(credssp.StatusAccessDenied, reason, err)
+		return &credssp.StatusError{Status: credssp.StatusAccessDenied, Err: err}
 	}
 	c.target = t
 	return nil

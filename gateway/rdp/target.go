@@ -37,7 +37,7 @@ var (
 	// one (or none is pinned).
 	ErrCertificateMismatch = errors.New("target certificate does not match the pinned SHA-256")
 	// ErrRejected: the target refused the credential.
-	ErrRejected = errors.New("the target refused the credential")
+	ErrRejected = errors.New("credential rejected")
 	// ErrUnreachable: no connection, or no answer in time.
 	ErrUnreachable = errors.New("target unreachable")
 	// ErrUnverifiable: the target (TLS only, no NLA) was reached and its

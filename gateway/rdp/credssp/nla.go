@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 
 	"github.com/sallyport/sallyport/gateway/rdp/ntlm"
 )
@@ -195,6 +196,11 @@ func authenticate(rw io.ReadWriter, publicKey []byte, client *ntlm.Client, creds
 	}
 	req, err = readServer(rw)
 	if err != nil {
+		if closedOn(err) {
+			// Some servers (FreeRDP's) refuse a password by closing the
+			// connection rather than with an error code.
+			return fmt.Errorf("%w: the server closed the connection after the authentication: %w", ErrLogonFailure, err)
+		}
 		return err
 	}
 	if req.PubKeyAuth == nil {
@@ -251,4 +257,10 @@ func writeRequest(w io.Writer, r *Request) error {
 	}
 	_, err = w.Write(b)
 	return err
+}
+
+// closedOn reports whether err is the peer closing or resetting the
+// connection.
+func closedOn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }

@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"io"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -68,8 +69,11 @@ type Request struct {
 
 // Marshal encodes r as DER.
 func (r *Request) Marshal() ([]byte, error) {
+	// An NTSTATUS goes on the wire as the signed 32-bit integer Windows
+	// sends (0xC000006D is -1073741715, four bytes): FreeRDP reads no
+	// longer INTEGER, so the five-byte positive form would break it.
 	w := wireRequest{Version: r.Version, AuthInfo: r.AuthInfo, PubKeyAuth: r.PubKeyAuth,
-		ErrorCode: int64(r.ErrorCode), ClientNonce: r.ClientNonce}
+		ErrorCode: int64(int32(r.ErrorCode)), ClientNonce: r.ClientNonce} // #nosec G115 -- deliberate two's-complement reinterpretation
 	if r.NegoToken != nil {
 		w.NegoTokens = []negoToken{{Token: r.NegoToken}}
 	}
@@ -97,11 +101,14 @@ func Unmarshal(b []byte) (*Request, error) {
 		return nil, fmt.Errorf("%w: %d negoTokens", ErrMalformed, len(w.NegoTokens))
 	case w.ClientNonce != nil && len(w.ClientNonce) != 32:
 		return nil, fmt.Errorf("%w: client nonce of %d bytes", ErrMalformed, len(w.ClientNonce))
-	case w.ErrorCode < 0 || w.ErrorCode > 0xffffffff:
+	case w.ErrorCode < math.MinInt32 || w.ErrorCode > math.MaxUint32:
 		return nil, fmt.Errorf("%w: error code out of range", ErrMalformed)
 	}
+	// Either form of an NTSTATUS: signed (as Windows sends it) or
+	// positive.
+	code := uint32(w.ErrorCode) // #nosec G115 -- range checked above; a negative value is the signed form
 	r := &Request{Version: w.Version, AuthInfo: w.AuthInfo, PubKeyAuth: w.PubKeyAuth,
-		ErrorCode: uint32(w.ErrorCode), ClientNonce: w.ClientNonce} // #nosec G115 -- range checked above
+		ErrorCode: code, ClientNonce: w.ClientNonce}
 	if len(w.NegoTokens) == 1 {
 		r.NegoToken = w.NegoTokens[0].Token
 	}

@@ -182,3 +182,27 @@ func FuzzUnmarshalCredentials(f *testing.F) {
 }
 
 func asn1Marshal(v any) ([]byte, error) { return asn1.Marshal(v) }
+
+// An NTSTATUS is sent as Windows sends it: a four-byte signed INTEGER
+// (FreeRDP cannot read the five-byte positive form), and read in either
+// form.
+func TestErrorCodeSigned(t *testing.T) {
+	b, err := (&Request{Version: 6, ErrorCode: StatusLogonFailure}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{0xa4, 0x06, 0x02, 0x04, 0xc0, 0x00, 0x00, 0x6d}
+	if !bytes.Contains(b, want) {
+		t.Fatalf("errorCode not encoded as a 4-byte signed INTEGER: % x", b)
+	}
+	r, err := Unmarshal(b)
+	if err != nil || r.ErrorCode != StatusLogonFailure {
+		t.Fatalf("round trip: %v %#x", err, r)
+	}
+	// The positive five-byte form is read too.
+	pos := []byte{0x30, 0x10, 0xa0, 0x03, 0x02, 0x01, 0x06, 0xa4, 0x07, 0x02, 0x05, 0x00, 0xc0, 0x00, 0x00, 0x6d}
+	pos[1] = byte(len(pos) - 2)
+	if r, err := Unmarshal(pos); err != nil || r.ErrorCode != StatusLogonFailure {
+		t.Fatalf("positive form: %v %+v", err, r)
+	}
+}
