@@ -16,8 +16,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"io"
+	"math"
 	"unicode/utf16"
 	"unicode/utf8"
 )
