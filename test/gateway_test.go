@@ -29,6 +29,7 @@ type gateway struct {
 
 	SSHPort    int
 	APIPort    int
+	RDPPort    int    // 0 unless started with --rdp-addr
 	KnownHosts string // pins the gateway's own SSH host key
 	target     *sshdTarget
 

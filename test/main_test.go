@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sallyport/sallyport/internal/rabbitmqtest"
+	"github.com/sallyport/sallyport/internal/rdptest"
 	"github.com/sallyport/sallyport/internal/sshdtest"
 )
 
@@ -77,6 +79,15 @@ type suite struct {
 	sshdOnce sync.Once
 	sshd     *sshdtest.Server
 	sshdErr  error
+
+	// rdpGw is a `sallyport dev` serving RDP too; rdp the display, shadow
+	// server and xrdp its tests use.
+	rdpGwOnce sync.Once // picks rdpPort
+	rdpPort   int
+	rdpOnce   sync.Once // starts rdpGw
+	rdpGw     *gateway
+	rdpGwErr  error
+	rdp       rdptest.Shared
 }
 
 // benchmarksRequested reports whether -test.bench selects benchmarks: they
@@ -182,16 +193,31 @@ func (s *suite) Door(t testing.TB) *gateway {
 	return s.shared(t, &s.doorOnce, &s.door, &s.doorErr, "door")
 }
 
+// RDPGateway returns the gateway that serves RDP too (on RDPPort), with
+// its own user alice, starting it on first use.
+func (s *suite) RDPGateway(t testing.TB) *gateway {
+	t.Helper()
+	s.rdpGwOnce.Do(func() {
+		s.rdpPort, s.rdpGwErr = sshdtest.FreePort()
+	})
+	if s.rdpGwErr != nil {
+		t.Fatal(s.rdpGwErr)
+	}
+	g := s.shared(t, &s.rdpOnce, &s.rdpGw, &s.rdpGwErr, "rdp", "--rdp-addr", "127.0.0.1:"+strconv.Itoa(s.rdpPort))
+	g.RDPPort = s.rdpPort
+	return g
+}
+
 // shared starts a shared gateway (data under s.dir/name) once, and checks
 // that it still runs.
-func (s *suite) shared(t testing.TB, once *sync.Once, g **gateway, gErr *error, name string) *gateway {
+func (s *suite) shared(t testing.TB, once *sync.Once, g **gateway, gErr *error, name string, extra ...string) *gateway {
 	t.Helper()
 	if s.buildErr != nil {
 		t.Fatalf("sallyport binary is missing: %v", s.buildErr)
 	}
 	target := s.Target(t)
 	once.Do(func() {
-		*g, *gErr = startGateway(s.bin, filepath.Join(s.dir, name), target)
+		*g, *gErr = startGateway(s.bin, filepath.Join(s.dir, name), target, extra...)
 		if *gErr == nil {
 			*gErr = (*g).addAlice()
 		}
@@ -214,6 +240,12 @@ func (s *suite) finish() []string {
 	}
 	if s.door != nil {
 		problems = append(problems, s.door.finalChecks(s.target)...)
+	}
+	if s.rdpGw != nil {
+		problems = append(problems, s.rdpGw.finalChecks(s.target)...)
+	}
+	if err := s.rdp.Close(); err != nil {
+		problems = append(problems, fmt.Sprintf("stopping the RDP components: %v", err))
 	}
 	if s.rabbit != nil {
 		if err := s.rabbit.Shutdown(); err != nil {

@@ -75,6 +75,8 @@ type secretRequest struct {
 	RotateAfterUse bool          `json:"rotate_after_use,omitempty"`
 	ChangeMethod   string        `json:"change_method,omitempty"`
 	PasswordRule   string        `json:"password_rule,omitempty"`
+	Protocol       string        `json:"protocol,omitempty"`
+	CertSHA256     string        `json:"cert_sha256,omitempty"`
 }
 
 // String redacts the credential. The JSON encoding is the API's wire form

@@ -3,7 +3,9 @@ package vault
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -364,7 +366,7 @@ func (v *Vault) rejected(ctx context.Context, site string, ev audit.Event, req *
 	ev.Outcome = "ok"
 	v.sink.Record(ctx, ev)
 	if len(r.hostKey) > 0 {
-		if _, err := v.db.ExecContext(ctx, `UPDATE secret_schedule SET hb_due = ? WHERE secret = ?`, v.now().UnixNano(), r.name); err != nil {
+		if _, err := v.exec(ctx, `UPDATE secret_schedule SET hb_due = ? WHERE secret = ?`, v.now().UnixNano(), r.name); err != nil {
 			v.log.Error("scheduling a heartbeat after a refused credential", slog.String("secret", r.name), slog.Any("error", err))
 			return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 		}
@@ -385,7 +387,7 @@ func (v *Vault) checkout(ctx context.Context, site string, ev audit.Event, req *
 		return &workitem.CredentialReply{Refused: workitem.RefusedUnavailable}
 	}
 	c := &workitem.Credential{
-		Secret: r.name, Host: r.host, Port: r.port, Username: r.username,
+		Secret: r.name, Protocol: r.protocol, Host: r.host, Port: r.port, Username: r.username,
 		HostKey: r.hostKey, PinOnFirstUse: r.pinOnFirstUse && len(r.hostKey) == 0,
 	}
 	if r.kind == KindPrivateKey {
@@ -471,19 +473,28 @@ func (v *Vault) grantHolds(ctx context.Context, site string, g *workitem.Grant) 
 }
 
 func (v *Vault) pin(ctx context.Context, site string, ev audit.Event, req *workitem.CredentialRequest) *workitem.CredentialReply {
-	pub, err := parseWireHostKey(req.HostKey)
-	if err != nil {
-		ev.Outcome = "denied"
-		ev.Attrs = append(ev.Attrs, slog.String("reason", "unparseable host key"))
-		v.sink.Record(ctx, ev)
-		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
-	}
-	fp := ssh.FingerprintSHA256(pub)
-	ev.Attrs = append(ev.Attrs, slog.String("fingerprint", fp))
-	if _, refusal := v.authorize(ctx, site, ev, req); refusal != nil {
+	r, refusal := v.authorize(ctx, site, ev, req)
+	if refusal != nil {
 		return refusal
 	}
-	res, err := v.pinHostKey(ctx, req.Secret, pub.Marshal())
+	// What a pin is depends on the target: an SSH host key, or the
+	// SHA-256 of an RDP target's certificate.
+	var key []byte
+	if r.protocol == ProtocolRDP {
+		if len(req.HostKey) != sha256.Size {
+			return v.refusePin(ctx, ev, "not a certificate SHA-256")
+		}
+		key = req.HostKey
+		ev.Attrs = append(ev.Attrs, slog.String("fingerprint", "SHA256:"+hex.EncodeToString(key)))
+	} else {
+		pub, err := parseWireHostKey(req.HostKey)
+		if err != nil {
+			return v.refusePin(ctx, ev, "unparseable host key")
+		}
+		key = pub.Marshal()
+		ev.Attrs = append(ev.Attrs, slog.String("fingerprint", ssh.FingerprintSHA256(pub)))
+	}
+	res, err := v.pinHostKey(ctx, req.Secret, key)
 	if err != nil {
 		v.log.Error("pin host key failed", slog.String("secret", req.Secret), slog.Any("error", err))
 		ev.Outcome = "error"
@@ -508,4 +519,12 @@ func (v *Vault) pin(ctx context.Context, site string, ev audit.Event, req *worki
 		v.sink.Record(ctx, ev)
 		return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 	}
+}
+
+// refusePin refuses a pin whose key is malformed, audited.
+func (v *Vault) refusePin(ctx context.Context, ev audit.Event, reason string) *workitem.CredentialReply {
+	ev.Outcome = "denied"
+	ev.Attrs = append(ev.Attrs, slog.String("reason", reason))
+	v.sink.Record(ctx, ev)
+	return &workitem.CredentialReply{Refused: workitem.RefusedDenied}
 }

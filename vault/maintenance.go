@@ -307,21 +307,17 @@ func (v *Vault) History(ctx context.Context, name string) ([]HistoryEntry, error
 	return out, rows.Err()
 }
 
-// execer is a transaction or the database.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// record appends a history entry, audits it, and logs it.
-func (v *Vault) record(ctx context.Context, q execer, secret, event, outcome, engine, rotation, detail string) error {
+// record appends a history entry inside the write transaction tx, audits
+// it, and logs it.
+func (v *Vault) record(ctx context.Context, tx *sql.Tx, secret, event, outcome, engine, rotation, detail string) error {
 	if len(detail) > workitem.MaxDetail {
 		detail = detail[:workitem.MaxDetail]
 	}
-	if _, err := q.ExecContext(ctx, `INSERT INTO secret_history (secret, at, event, outcome, engine, rotation, detail)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO secret_history (secret, at, event, outcome, engine, rotation, detail)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`, secret, v.now().UnixNano(), event, outcome, engine, rotation, detail); err != nil {
 		return fmt.Errorf("vault: history: %w", err)
 	}
-	if _, err := q.ExecContext(ctx, `DELETE FROM secret_history WHERE secret = ? AND id <= (SELECT id FROM secret_history
+	if _, err := tx.ExecContext(ctx, `DELETE FROM secret_history WHERE secret = ? AND id <= (SELECT id FROM secret_history
 		WHERE secret = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`, secret, secret, maxHistory); err != nil {
 		return fmt.Errorf("vault: history: %w", err)
 	}
@@ -348,6 +344,11 @@ func (v *Vault) RequestHeartbeat(ctx context.Context, name string) error {
 // RequestRotation makes a rotation of secret due now. It is refused while
 // a rotation of the secret is open.
 func (v *Vault) RequestRotation(ctx context.Context, name string) error {
+	if r, err := v.loadSecret(ctx, v.db, name); err != nil {
+		return err
+	} else if r.protocol == ProtocolRDP {
+		return invalid("secret", "password changes of RDP targets are not supported (heartbeats are)")
+	}
 	var open int
 	if err := v.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM rotations WHERE secret = ? AND state = 'open'`, name).Scan(&open); err != nil {
 		return fmt.Errorf("vault: rotate: %w", err)
@@ -369,7 +370,7 @@ func (v *Vault) requestNow(ctx context.Context, name, query string) error {
 	if len(r.hostKey) == 0 {
 		return invalid("secret", "its host key is not pinned yet (log in through it once, or set host_key)")
 	}
-	res, err := v.db.ExecContext(ctx, query, v.now().UnixNano(), name)
+	res, err := v.exec(ctx, query, v.now().UnixNano(), name)
 	if err != nil {
 		return fmt.Errorf("vault: schedule: %w", err)
 	}
@@ -382,7 +383,7 @@ func (v *Vault) requestNow(ctx context.Context, name, query string) error {
 // noteUse records a checkout of a rotate-after-use secret, or a live
 // session on it reported by an engine's re-check.
 func (v *Vault) noteUse(ctx context.Context, secret string) {
-	if _, err := v.db.ExecContext(ctx, `UPDATE secret_schedule SET used = 1, last_use = ? WHERE secret = ? AND rotate_after_use = 1`,
+	if _, err := v.exec(ctx, `UPDATE secret_schedule SET used = 1, last_use = ? WHERE secret = ? AND rotate_after_use = 1`,
 		v.now().UnixNano(), secret); err != nil {
 		v.log.Warn("recording a use for rotate-after-use", "secret", secret, "err", err)
 	}
@@ -457,7 +458,7 @@ func (v *Vault) anythingDue(ctx context.Context, now time.Time) (bool, error) {
 // nextHeartbeat picks one due heartbeat and records it as sent.
 func (v *Vault) nextHeartbeat(ctx context.Context, now time.Time) (*Outgoing, error) {
 	t := v.timings
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -505,8 +506,12 @@ func (v *Vault) nextHeartbeat(ctx context.Context, now time.Time) (*Outgoing, er
 
 // task fills a task's target from the row.
 func (r *secretRow) task(op workitem.TaskOp, rotation string) *workitem.Task {
-	return &workitem.Task{Op: op, Secret: r.name, Rotation: rotation, Host: r.host, Port: r.port, Username: r.username,
+	t := &workitem.Task{Op: op, Secret: r.name, Rotation: rotation, Host: r.host, Port: r.port, Username: r.username,
 		HostKey: r.hostKey}
+	if r.protocol == ProtocolRDP {
+		t.Protocol = ProtocolRDP
+	}
+	return t
 }
 
 func secretOf(kind string, b []byte) workitem.Secret {
@@ -539,7 +544,7 @@ func candidateAAD(secret, rotation string) string {
 // an open rotation whose item is due, or a new rotation. It records the
 // step as sent and returns its task.
 func (v *Vault) nextRotationTask(ctx context.Context, now time.Time) (*Outgoing, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -806,11 +811,12 @@ func (v *Vault) TaskResult(ctx context.Context, site, engine string, res *workit
 }
 
 // beginResult opens the transaction that applies a result from an engine
-// of site, with the secret it is about, which must be of that site.
-func (v *Vault) beginResult(ctx context.Context, site string, res *workitem.TaskResult) (*sql.Tx, *secretRow, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+// of site, with the secret it is about, which must be of that site. The
+// context it returns goes with the transaction (beginWrite).
+func (v *Vault) beginResult(ctx context.Context, site string, res *workitem.TaskResult) (context.Context, *sql.Tx, *secretRow, error) {
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
-		return nil, nil, err
+		return ctx, nil, nil, err
 	}
 	r, err := v.loadSecret(ctx, tx, res.Secret)
 	if err == nil && r.site != site {
@@ -818,13 +824,13 @@ func (v *Vault) beginResult(ctx context.Context, site string, res *workitem.Task
 	}
 	if err != nil {
 		_ = tx.Rollback()
-		return nil, nil, err
+		return ctx, nil, nil, err
 	}
-	return tx, r, nil
+	return ctx, tx, r, nil
 }
 
 func (v *Vault) heartbeatResult(ctx context.Context, site, engine string, res *workitem.TaskResult) error {
-	tx, _, err := v.beginResult(ctx, site, res)
+	ctx, tx, _, err := v.beginResult(ctx, site, res)
 	if err != nil {
 		return err
 	}
@@ -885,7 +891,7 @@ func (v *Vault) reopenForVerify(ctx context.Context, tx *sql.Tx, secret string, 
 }
 
 func (v *Vault) rotationResult(ctx context.Context, site, engine string, res *workitem.TaskResult) error {
-	tx, r, err := v.beginResult(ctx, site, res)
+	ctx, tx, r, err := v.beginResult(ctx, site, res)
 	if err != nil {
 		return err
 	}
@@ -965,6 +971,22 @@ func (v *Vault) rotationResult(ctx context.Context, site, engine string, res *wo
 	return tx.Commit()
 }
 
+// recordAlone records a history entry in a write transaction of its own.
+func (v *Vault) recordAlone(ctx context.Context, secret, event, outcome, engine, rotation, detail string) error {
+	ctx, tx, err := v.beginWrite(ctx)
+	if err != nil {
+		return fmt.Errorf("vault: history: %w", err)
+	}
+	defer tx.Rollback() // #nosec G104 -- no-op after Commit
+	if err := v.record(ctx, tx, secret, event, outcome, engine, rotation, detail); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("vault: history: %w", err)
+	}
+	return nil
+}
+
 func (v *Vault) recordCommit(ctx context.Context, tx *sql.Tx, secret, event, outcome, engine, rotation, detail string) error {
 	if err := v.record(ctx, tx, secret, event, outcome, engine, rotation, detail); err != nil {
 		return err
@@ -1036,7 +1058,7 @@ func (v *Vault) Reveal(ctx context.Context, name, who string) ([]byte, string, e
 	if err != nil {
 		return nil, "", err
 	}
-	if err := v.record(ctx, v.db, name, "secret_revealed", "ok", "", "", who); err != nil {
+	if err := v.recordAlone(ctx, name, "secret_revealed", "ok", "", "", who); err != nil {
 		clear(cred)
 		return nil, "", err
 	}

@@ -6,8 +6,10 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sallyport/sallyport/names"
+	"github.com/sallyport/sallyport/workitem"
 )
 
 // Credential kinds, as reported in SecretInfo.Kind.
@@ -73,7 +76,20 @@ type SecretSpec struct {
 	// PasswordRule is the rule new passwords follow (see package
 	// passrule); empty is passrule.Default.
 	PasswordRule string
+	// Protocol is how the target is reached: ProtocolSSH (also when
+	// empty) or ProtocolRDP. An RDP secret holds a password, is pinned by
+	// CertSHA256 (the SHA-256 of the target's TLS certificate, hex, colons
+	// allowed) or PinOnFirstUse instead of HostKey, and is heartbeaten but
+	// not rotated.
+	Protocol   string
+	CertSHA256 string
 }
+
+// Target protocols (SecretSpec.Protocol, SecretInfo.Protocol).
+const (
+	ProtocolSSH = workitem.ProtocolSSH
+	ProtocolRDP = workitem.ProtocolRDP
+)
 
 // Wipe overwrites the credential.
 func (s *SecretSpec) Wipe() {
@@ -119,6 +135,11 @@ type SecretInfo struct {
 	Updated  time.Time `json:"updated"`
 	// Maintenance is the heartbeat and rotation settings and state.
 	Maintenance Maintenance `json:"maintenance"`
+	// Protocol is ProtocolSSH or ProtocolRDP. For RDP, HostKey is empty
+	// and CertSHA256 (also in HostKeyFingerprint) is the pinned
+	// certificate's SHA-256, hex, or "" until pinned on first use.
+	Protocol   string `json:"protocol"`
+	CertSHA256 string `json:"cert_sha256,omitempty"`
 }
 
 // parseHostKey parses a single authorized_keys line without options;
@@ -152,10 +173,28 @@ func parseWireHostKey(b []byte) (ssh.PublicKey, error) {
 	return pub, nil
 }
 
-// validate checks a new secret and returns the parsed host key (nil with
-// PinOnFirstUse). It changes nothing in s: a missing port is an error, not
-// a silent 22, so that what is stored is what the caller said.
-func (s *SecretSpec) validate() (ssh.PublicKey, error) {
+// validate checks a new secret and returns its pin: the host key in SSH
+// wire format, or an RDP certificate's SHA-256 (nil with PinOnFirstUse).
+// It changes nothing in s: a missing port is an error, not a silent 22,
+// so that what is stored is what the caller said.
+func (s *SecretSpec) validate() ([]byte, error) {
+	switch s.Protocol {
+	case "", ProtocolSSH:
+		if s.CertSHA256 != "" {
+			return nil, invalid("cert_sha256", "is for RDP targets; an SSH target is pinned by host_key")
+		}
+	case ProtocolRDP:
+		switch {
+		case len(s.PrivateKey) > 0:
+			return nil, invalid("private_key", "an RDP target takes a password")
+		case s.HostKey != "":
+			return nil, invalid("host_key", "an RDP target is pinned by cert_sha256")
+		case s.Rotate != 0 || s.RotateAfterUse || s.ChangeMethod != "" || s.PasswordRule != "":
+			return nil, invalid("rotate", "password changes of RDP targets are not supported (heartbeats are)")
+		}
+	default:
+		return nil, invalid("protocol", "must be ssh or rdp")
+	}
 	switch {
 	case !names.ValidSecretName(s.Name):
 		return nil, invalid("name", "must be 1..64 characters of [A-Za-z0-9._-]")
@@ -173,7 +212,9 @@ func (s *SecretSpec) validate() (ssh.PublicKey, error) {
 		return nil, invalid("password", fmt.Sprintf("at most %d bytes", maxTargetPassword))
 	case len(s.PrivateKey) > maxPrivateKey:
 		return nil, invalid("private_key", fmt.Sprintf("at most %d bytes", maxPrivateKey))
-	case (s.HostKey == "") == !s.PinOnFirstUse:
+	case s.Protocol == ProtocolRDP && (s.CertSHA256 == "") == !s.PinOnFirstUse:
+		return nil, invalid("cert_sha256/pin_on_first_use", "exactly one must be set")
+	case s.Protocol != ProtocolRDP && (s.HostKey == "") == !s.PinOnFirstUse:
 		return nil, invalid("host_key/pin_on_first_use", "exactly one must be set")
 	case len(s.Allow) == 0:
 		return nil, invalid("allow", "must name at least one user or group:NAME")
@@ -197,11 +238,28 @@ func (s *SecretSpec) validate() (ssh.PublicKey, error) {
 	if s.PinOnFirstUse {
 		return nil, nil
 	}
+	if s.Protocol == ProtocolRDP {
+		sum, err := parseCertSHA256(s.CertSHA256)
+		if err != nil {
+			return nil, invalid("cert_sha256", "must be the 64 hex digits of a SHA-256 (colons allowed)")
+		}
+		return sum, nil
+	}
 	pub, err := parseHostKey(s.HostKey)
 	if err != nil {
 		return nil, invalid("host_key", "must be one authorized_keys line such as 'ssh-ed25519 AAAA...' ("+err.Error()+")")
 	}
-	return pub, nil
+	return pub.Marshal(), nil
+}
+
+// parseCertSHA256 reads a certificate's SHA-256 as hex, with or without
+// colons between the bytes (as openssl and RDP clients print it).
+func parseCertSHA256(s string) ([]byte, error) {
+	s = strings.ReplaceAll(strings.TrimSpace(s), ":", "")
+	if len(s) != 2*sha256.Size {
+		return nil, errors.New("not 32 bytes")
+	}
+	return hex.DecodeString(s)
 }
 
 // secretRow is one row of the secrets table.
@@ -210,7 +268,8 @@ type secretRow struct {
 	port                       int
 	wrappedDEK, credential     []byte
 	kek                        string // label of the KEK that wraps wrappedDEK
-	hostKey                    []byte // wire format; nil until pinned
+	hostKey                    []byte // wire format, or an RDP certificate's SHA-256; nil until pinned
+	protocol                   string // ProtocolSSH or ProtocolRDP
 	pinOnFirstUse              bool
 	disabled                   bool
 	site                       string
@@ -246,6 +305,14 @@ func credentialAAD(r *secretRow) []byte {
 		[]byte(r.username), []byte(pin), r.hostKey,
 	} {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(f))) // #nosec G115 -- fields are bounded far below 4 GiB
+		b = append(b, f...)
+	}
+	if r.protocol == ProtocolRDP {
+		// Bound too, so that turning an SSH secret into an RDP one (or
+		// back) in the database makes it fail to open. SSH secrets keep
+		// the data they were sealed with before protocols existed.
+		f := []byte("protocol=rdp")
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f))) // #nosec G115 -- a constant
 		b = append(b, f...)
 	}
 	return b
@@ -295,7 +362,7 @@ func openWithDEK(dek, sealed, aad []byte) ([]byte, error) {
 // among others when the name starts with '-' (LooksLikeFlag) or the port
 // is not 1..65535 (0 included; there is no default port).
 func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
-	pub, err := s.validate()
+	pin, err := s.validate()
 	if err != nil {
 		return err
 	}
@@ -304,16 +371,17 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		s.Site = DefaultSite
 	}
 	row := secretRow{
-		name: s.Name, host: s.Host, port: s.Port, username: s.Username,
+		name: s.Name, host: s.Host, port: s.Port, username: s.Username, protocol: ProtocolSSH,
 		kind: KindPassword, pinOnFirstUse: s.PinOnFirstUse, created: now, updated: now, site: s.Site,
+	}
+	if s.Protocol == ProtocolRDP {
+		row.protocol = ProtocolRDP
 	}
 	cred := s.Password
 	if len(s.PrivateKey) > 0 {
 		row.kind, cred = KindPrivateKey, s.PrivateKey
 	}
-	if pub != nil {
-		row.hostKey = pub.Marshal()
-	}
+	row.hostKey = pin
 	if err := s.validateSchedule(row.kind); err != nil {
 		return err
 	}
@@ -329,7 +397,7 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		return err
 	}
 
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
@@ -347,10 +415,10 @@ func (v *Vault) AddSecret(ctx context.Context, s SecretSpec) error {
 		return invalid("site", "no such site (sallyport ctl site list)")
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO secrets
-		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, site)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		(name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, site, protocol)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.name, row.host, row.port, row.username, row.kind, row.wrappedDEK, row.credential,
-		row.hostKey, row.pinOnFirstUse, row.created, row.updated, row.kek, row.site); err != nil {
+		row.hostKey, row.pinOnFirstUse, row.created, row.updated, row.kek, row.site, row.protocol); err != nil {
 		return fmt.Errorf("vault: add secret: %w", err)
 	}
 	for _, e := range dedupe(s.Allow) {
@@ -378,7 +446,7 @@ func (v *Vault) RemoveSecret(ctx context.Context, name string) error {
 	if !names.ValidSecretName(name) {
 		return fmt.Errorf("secret: %w", ErrNotFound)
 	}
-	res, err := v.db.ExecContext(ctx, `DELETE FROM secrets WHERE name = ?`, name)
+	res, err := v.exec(ctx, `DELETE FROM secrets WHERE name = ?`, name)
 	if err != nil {
 		return fmt.Errorf("vault: remove secret: %w", err)
 	}
@@ -413,7 +481,7 @@ func (v *Vault) setDisabled(ctx context.Context, query, name string, disabled, w
 	if withStamp {
 		args = append(args, v.now().UnixNano())
 	}
-	res, err := v.db.ExecContext(ctx, query, append(args, name)...)
+	res, err := v.exec(ctx, query, append(args, name)...)
 	if err != nil {
 		return fmt.Errorf("vault: %w", err)
 	}
@@ -425,14 +493,14 @@ func (v *Vault) setDisabled(ctx context.Context, query, name string, disabled, w
 	return nil
 }
 
-const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, disabled, site`
+const secretColumns = /* #nosec G101 -- a column list, not a credential */ `name, host, port, username, kind, wrapped_dek, credential, host_key, pin_on_first_use, created, updated, kek, disabled, site, protocol`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanSecret(sc scanner) (*secretRow, error) {
 	var r secretRow
 	if err := sc.Scan(&r.name, &r.host, &r.port, &r.username, &r.kind, &r.wrappedDEK, &r.credential,
-		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek, &r.disabled, &r.site); err != nil {
+		&r.hostKey, &r.pinOnFirstUse, &r.created, &r.updated, &r.kek, &r.disabled, &r.site, &r.protocol); err != nil {
 		return nil, err
 	}
 	return &r, nil
@@ -443,11 +511,16 @@ func (r *secretRow) info(allow []string) SecretInfo {
 	si := SecretInfo{
 		Name: r.name, Host: r.host, Port: r.port, Username: r.username, Kind: r.kind,
 		PinOnFirstUse: r.pinOnFirstUse, Disabled: r.disabled, Allow: allow, Site: r.site, Created: stamp(r.created), Updated: stamp(r.updated),
+		Protocol: r.protocol,
 	}
 	if si.Allow == nil {
 		si.Allow = []string{}
 	}
-	if len(r.hostKey) > 0 {
+	switch {
+	case r.protocol == ProtocolRDP && len(r.hostKey) > 0:
+		si.CertSHA256 = hex.EncodeToString(r.hostKey)
+		si.HostKeyFingerprint = "SHA256:" + si.CertSHA256
+	case len(r.hostKey) > 0:
 		if pub, err := ssh.ParsePublicKey(r.hostKey); err == nil {
 			si.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
 			si.HostKeyFingerprint = ssh.FingerprintSHA256(pub)
@@ -652,7 +725,7 @@ const (
 // data covers the new key. Compare-and-set: of two racing pins, one wins
 // and the other sees pinSame or pinConflict.
 func (v *Vault) pinHostKey(ctx context.Context, secret string, key []byte) (pinResult, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("vault: pin host key: %w", err)
 	}

@@ -48,7 +48,15 @@ type options struct {
 	now      func() time.Time
 	fallback hsm.Provider
 	timings  MaintenanceTimings
+	// busyTimeout is how long SQLite waits for another process's write
+	// lock (defaultBusyTimeout when zero).
+	busyTimeout time.Duration
 }
+
+// defaultBusyTimeout is how long a write waits for the lock of another
+// process (a `sallyport keys` tool, a backup) before it fails. Writers of
+// this process never meet each other's lock: they queue for wdb.
+const defaultBusyTimeout = 10 * time.Second
 
 // WithFallbackKeys tells the vault to look for a key-encryption key its own
 // provider does not hold in p. `sallyport keys migrate` opens the vault on
@@ -69,7 +77,18 @@ func WithClock(now func() time.Time) Option {
 
 // Vault is the credential store. It is safe for concurrent use.
 type Vault struct {
-	db   *sql.DB
+	// db serves reads outside transactions, on as many connections as
+	// there are readers (WAL lets them run beside the writer).
+	db *sql.DB
+	// wdb is the one connection every write goes through (beginWrite,
+	// exec): database/sql queues this process's writers for it, each for
+	// as long as its context allows, so that SQLite's busy handler, which
+	// is unfair and gives up after busy_timeout, only ever stands between
+	// this process and others. The rule: code holding a write
+	// transaction writes and reads through that transaction only, and
+	// never calls anything that begins another write (it would wait for
+	// itself; beginWrite and exec refuse it).
+	wdb  *sql.DB
 	keys hsm.Provider
 	// fallback holds KEKs that keys does not (the soft keystore during a
 	// migration to a token); where maps each label seen to its provider.
@@ -122,18 +141,34 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 	if err := prepareDBFile(path, log); err != nil {
 		return nil, err
 	}
+	busyTimeout := o.busyTimeout
+	if busyTimeout <= 0 {
+		busyTimeout = defaultBusyTimeout
+	}
 	// The _pragma parameters apply to every pooled connection, which
 	// matters for foreign_keys (a per-connection setting). _txlock=immediate
-	// takes the write lock at BEGIN, so concurrent read-modify-write
-	// transactions wait (busy_timeout) instead of failing on upgrade.
-	dsn := path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)" +
-		"&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate"
+	// takes the write lock at BEGIN, so a read-modify-write transaction
+	// waits (busy_timeout) for another process's writer instead of failing
+	// on upgrade.
+	dsn := fmt.Sprintf("%s?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)"+
+		"&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate", path, busyTimeout.Milliseconds())
+	wdb, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("vault: open database: %w", err)
+	}
+	// One connection, kept open: writers wait for it in turn.
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	wdb.SetConnMaxIdleTime(0)
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
+		_ = wdb.Close() // the open error is the one worth reporting
 		return nil, fmt.Errorf("vault: open database: %w", err)
 	}
 	v := &Vault{
 		db:       db,
+		wdb:      wdb,
 		keys:     keys,
 		log:      log,
 		sink:     sink,
@@ -144,16 +179,16 @@ func Open(ctx context.Context, path string, keys hsm.Provider, log *slog.Logger,
 		timings:  o.timings.withDefaults(),
 	}
 	if err := v.migrate(ctx); err != nil {
-		_ = db.Close() // the open error is the one worth reporting
+		_ = v.closeDB() // the open error is the one worth reporting
 		return nil, err
 	}
 	if err := v.loadKEK(ctx); err != nil {
-		_ = db.Close() // the open error is the one worth reporting
+		_ = v.closeDB() // the open error is the one worth reporting
 		return nil, err
 	}
 	dummy, err := newPHC([]byte("sallyport-dummy-password"))
 	if err != nil {
-		_ = db.Close() // the open error is the one worth reporting
+		_ = v.closeDB() // the open error is the one worth reporting
 		return nil, err
 	}
 	v.dummyHash = dummy
@@ -210,7 +245,46 @@ func (v *Vault) Close() error {
 		v.forgetEngineKey(id.(string))
 		return true
 	})
-	return v.db.Close()
+	return v.closeDB()
+}
+
+// closeDB closes the readers, then the writer, whose connection, closing
+// last, checkpoints the WAL into the database file.
+func (v *Vault) closeDB() error {
+	return errors.Join(v.db.Close(), v.wdb.Close())
+}
+
+// errNestedWrite is a write begun with the context of a write
+// transaction: it would wait for the connection that transaction holds.
+// It is a bug, not a passing condition.
+var errNestedWrite = errors.New("vault: a write begun inside another write's transaction")
+
+// holdsWriter marks the context of a write transaction (beginWrite).
+type holdsWriter struct{}
+
+// beginWrite begins a write transaction on the writer connection, after
+// the writers before it (for as long as ctx allows). The context it
+// returns goes with the transaction: use it for everything done inside,
+// so that a nested beginWrite or exec fails at once instead of waiting
+// for the connection the transaction holds.
+func (v *Vault) beginWrite(ctx context.Context) (context.Context, *sql.Tx, error) {
+	if ctx.Value(holdsWriter{}) != nil {
+		return ctx, nil, errNestedWrite
+	}
+	tx, err := v.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return ctx, nil, err
+	}
+	return context.WithValue(ctx, holdsWriter{}, true), tx, nil
+}
+
+// exec runs one write statement (its own transaction) on the writer
+// connection, after the writers before it.
+func (v *Vault) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if ctx.Value(holdsWriter{}) != nil {
+		return nil, errNestedWrite
+	}
+	return v.wdb.ExecContext(ctx, query, args...)
 }
 
 // migrations are applied in order; migrations[i] takes the schema from
@@ -374,10 +448,15 @@ CREATE TABLE secret_history (
 ) STRICT;
 CREATE INDEX secret_history_secret ON secret_history(secret, id);
 `,
+	// Version 6: RDP targets. An RDP secret's host_key is the SHA-256 of
+	// its TLS certificate.
+	`
+ALTER TABLE secrets ADD COLUMN protocol TEXT NOT NULL DEFAULT 'ssh' CHECK (protocol IN ('ssh', 'rdp'));
+`,
 }
 
 func (v *Vault) migrate(ctx context.Context) error {
-	if _, err := v.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+	if _, err := v.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("vault: migrate: %w", err)
 	}
 	for {
@@ -393,7 +472,7 @@ func (v *Vault) migrate(ctx context.Context) error {
 
 // migrateOne applies the next migration, if any, in its own transaction.
 func (v *Vault) migrateOne(ctx context.Context) (done bool, err error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return false, fmt.Errorf("vault: migrate: %w", err)
 	}

@@ -33,6 +33,8 @@ commands:
   user disable NAME | user enable NAME
   secret add NAME --host H [--port 22] --username U (--password-stdin | --private-key-file F)
                   (--host-key 'ssh-ed25519 AAAA...' | --pin-on-first-use) --allow alice[,bob,group:ops]
+  secret add NAME --protocol rdp --host H [--port 3389] --username [DOMAIN\]U --password-stdin
+                  (--cert-sha256 HEX | --pin-on-first-use) --allow alice[,bob,group:ops] [--site SITE] [--heartbeat 1h]
                   [--site SITE] [--heartbeat 1h] [--rotate 30d] [--rotate-after-use]
                   [--change-method self | privileged:SECRET | key] [--password-rule 'len=24,classes=ulds,exclude=@:/']
   secret list [--json]
@@ -462,13 +464,16 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	fs := newFlagSet("secret add")
 	host := fs.String("host", "", "target host name or IP address")
 	// The default lives here, not in the vault: the API refuses a missing
-	// or zero port, so ctl always sends one (22 unless --port says else).
-	port := fs.Int("port", 22, "target SSH port")
+	// or zero port, so ctl always sends one (22, or 3389 for RDP, unless
+	// --port says else).
+	port := fs.Int("port", 0, "target port (default 22, or 3389 with --protocol rdp)")
+	protocol := fs.String("protocol", "ssh", "how the target is reached: ssh or rdp")
+	certSHA := fs.String("cert-sha256", "", "rdp: the SHA-256 of the target's TLS certificate, hex (colons allowed)")
 	username := fs.String("username", "", "account on the target")
 	pwStdin := fs.Bool("password-stdin", false, "read the target password from the first line of stdin")
 	keyFile := fs.String("private-key-file", "", "file holding the target account's private key (not passphrase-protected)")
-	hostKey := fs.String("host-key", "", "the target's host key, 'ssh-ed25519 AAAA...'")
-	pin := fs.Bool("pin-on-first-use", false, "trust and record the first host key the gateway sees")
+	hostKey := fs.String("host-key", "", "ssh: the target's host key, 'ssh-ed25519 AAAA...'")
+	pin := fs.Bool("pin-on-first-use", false, "trust and record the first host key (or RDP certificate) the gateway sees")
 	allow := fs.String("allow", "", "comma-separated users and group:NAME entries who may use the secret")
 	site := fs.String("site", "", "the site whose engines reach the target (default: default)")
 	heartbeat := fs.String("heartbeat", "", "check that the credential logs in this often (e.g. 1h; default never)")
@@ -483,14 +488,33 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 	if err := refuseFlagLike("secret add", "name", name); err != nil {
 		return err
 	}
+	isRDP := *protocol == vault.ProtocolRDP
+	portSet := false
+	fs.Visit(func(f *flag.Flag) { portSet = portSet || f.Name == "port" })
+	if !portSet {
+		*port = 22
+		if isRDP {
+			*port = 3389
+		}
+	}
 	switch {
+	case *protocol != vault.ProtocolSSH && !isRDP:
+		return usagef("secret add: --protocol must be ssh or rdp")
 	case *host == "":
 		return usagef("secret add: --host is required")
 	case *username == "":
 		return usagef("secret add: --username is required")
 	case *pwStdin == (*keyFile != ""):
 		return usagef("secret add: give exactly one of --password-stdin and --private-key-file")
-	case (*hostKey != "") == *pin:
+	case isRDP && *keyFile != "":
+		return usagef("secret add: an RDP target takes a password (--password-stdin), not a key")
+	case isRDP && *hostKey != "":
+		return usagef("secret add: an RDP target is pinned by --cert-sha256, not --host-key")
+	case isRDP && (*certSHA != "") == *pin:
+		return usagef("secret add: give exactly one of --cert-sha256 and --pin-on-first-use")
+	case !isRDP && *certSHA != "":
+		return usagef("secret add: --cert-sha256 is for --protocol rdp")
+	case !isRDP && (*hostKey != "") == *pin:
 		return usagef("secret add: give exactly one of --host-key and --pin-on-first-use")
 	case len(splitList(*allow)) == 0:
 		return usagef("secret add: --allow is required")
@@ -498,8 +522,8 @@ func ctlSecretAdd(ctx context.Context, env *ctlEnv, args []string) error {
 		return usagef("secret add: --port must be 1..65535")
 	}
 	spec := vault.SecretSpec{
-		Name: name, Host: *host, Port: *port, Username: *username,
-		HostKey: strings.TrimSpace(*hostKey), PinOnFirstUse: *pin, Allow: splitList(*allow), Site: *site,
+		Name: name, Protocol: *protocol, Host: *host, Port: *port, Username: *username,
+		HostKey: strings.TrimSpace(*hostKey), CertSHA256: strings.TrimSpace(*certSHA), PinOnFirstUse: *pin, Allow: splitList(*allow), Site: *site,
 		RotateAfterUse: *afterUse, ChangeMethod: *method, PasswordRule: *rule,
 	}
 	if spec.Heartbeat, err = parseInterval("heartbeat", *heartbeat); err != nil {
@@ -686,18 +710,26 @@ func ctlSecretShow(ctx context.Context, env *ctlEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("secret show %s: %w", name, err)
 	}
-	hostKey := s.HostKey
+	hostKey, keyRow := s.HostKey, "host key"
+	if s.Protocol == vault.ProtocolRDP {
+		hostKey, keyRow = s.CertSHA256, "certificate sha256"
+	}
 	if hostKey == "" {
 		hostKey = "-"
+	}
+	protocol := s.Protocol
+	if protocol == "" {
+		protocol = vault.ProtocolSSH
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	for _, row := range [][2]string{
 		{"name", s.Name},
+		{"protocol", protocol},
 		{"host", s.Host},
 		{"port", strconv.Itoa(s.Port)},
 		{"username", s.Username},
 		{"kind", s.Kind},
-		{"host key", hostKey},
+		{keyRow, hostKey},
 		{"fingerprint", hostKeySummary(s)},
 		{"pin on first use", yesNo(s.PinOnFirstUse)},
 		{"site", s.Site},
