@@ -29,7 +29,7 @@ import (
 )
 
 // testCert makes a self-signed certificate with a fresh key.
-func testCert(t *testing.T, name string) tls.Certificate {
+func testCert(t testing.TB, name string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
