@@ -88,7 +88,7 @@ func (v *Vault) RegisterEngine(ctx context.Context, site string, pubDER []byte, 
 		return EngineInfo{}, err
 	}
 	name, address = cleanEngineName(name), logSafe(address)
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return EngineInfo{}, fmt.Errorf("vault: register engine: %w", err)
 	}
@@ -219,7 +219,7 @@ func (v *Vault) ApproveEngine(ctx context.Context, id string) (EngineInfo, error
 	if err != nil {
 		return EngineInfo{}, err
 	}
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return EngineInfo{}, fmt.Errorf("vault: approve engine: %w", err)
 	}
@@ -255,7 +255,7 @@ func (v *Vault) ApproveEngine(ctx context.Context, id string) (EngineInfo, error
 // and send no request from now on), and its site's key is rotated so that
 // its copy opens no new work. The caller closes its connector sessions.
 func (v *Vault) RevokeEngine(ctx context.Context, id string) (EngineInfo, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return EngineInfo{}, fmt.Errorf("vault: revoke engine: %w", err)
 	}
@@ -304,7 +304,7 @@ func (v *Vault) EnginePublicKey(ctx context.Context, id string) (*ecdsa.PublicKe
 
 // TouchEngine records an engine's check-in.
 func (v *Vault) TouchEngine(ctx context.Context, id, address string) error {
-	_, err := v.db.ExecContext(ctx, `UPDATE engines SET last_seen = ?, address = ? WHERE id = ?`, v.now().UnixNano(), logSafe(address), id)
+	_, err := v.exec(ctx, `UPDATE engines SET last_seen = ?, address = ? WHERE id = ?`, v.now().UnixNano(), logSafe(address), id)
 	if err != nil {
 		return fmt.Errorf("vault: touch engine: %w", err)
 	}

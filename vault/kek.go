@@ -193,7 +193,7 @@ func (v *Vault) KEKState(ctx context.Context) (KEKState, error) {
 // and returned: target may then be empty or must equal it. The caller
 // makes sure the provider holds target before re-wrapping.
 func (v *Vault) BeginKEKRotation(ctx context.Context, target string) (string, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return "", fmt.Errorf("vault: begin key rotation: %w", err)
 	}
@@ -272,7 +272,7 @@ func (v *Vault) RewrapStep(ctx context.Context, batch int) (int, error) {
 // rewrapOne moves one sealed value from the KEK from to the KEK to, if it
 // is still under from (compare-and-set on the label).
 func (v *Vault) rewrapOne(ctx context.Context, table, keyCol, col, aad, key, from, to string) error {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("vault: re-wrap: %w", err)
 	}
@@ -309,7 +309,7 @@ func (v *Vault) rewrapOne(ctx context.Context, table, keyCol, col, aad, key, fro
 // left under any other. It returns the label of the KEK that was current
 // before, which the caller may now destroy.
 func (v *Vault) FinishKEKRotation(ctx context.Context) (string, error) {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return "", fmt.Errorf("vault: finish key rotation: %w", err)
 	}

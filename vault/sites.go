@@ -152,7 +152,7 @@ func (v *Vault) AddSite(ctx context.Context, s SiteSpec) error {
 	if err != nil {
 		return err
 	}
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("vault: add site: %w", err)
 	}
@@ -199,7 +199,7 @@ func (v *Vault) SetSiteConnector(ctx context.Context, site string, c ConnectorSp
 	if err != nil {
 		return err
 	}
-	res, err := v.db.ExecContext(ctx, `UPDATE sites SET connector = ?, connector_url = ?, connector_secret = ?, kek = ? WHERE name = ?`,
+	res, err := v.exec(ctx, `UPDATE sites SET connector = ?, connector_url = ?, connector_secret = ?, kek = ? WHERE name = ?`,
 		c.Kind, c.URL, sealed, kek, site)
 	if err != nil {
 		return fmt.Errorf("vault: set connector: %w", err)
@@ -252,7 +252,7 @@ func (v *Vault) RotateSiteKey(ctx context.Context, site string) (int, error) {
 	if !names.ValidSiteName(site) {
 		return 0, fmt.Errorf("site: %w", ErrNotFound)
 	}
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("vault: rotate site key: %w", err)
 	}
@@ -360,7 +360,7 @@ func (v *Vault) siteKeyVersions(ctx context.Context, site string) ([]SiteKeyVers
 
 // ensureSiteKey gives an existing site without a key its first version.
 func (v *Vault) ensureSiteKey(ctx context.Context, site string) error {
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return fmt.Errorf("vault: site key: %w", err)
 	}

@@ -112,7 +112,7 @@ func (v *Vault) AddUser(ctx context.Context, u UserSpec) (otpauthURI string, err
 		}
 		uri = provisioningURI(u.Name, seed)
 	}
-	tx, err := v.db.BeginTx(ctx, nil)
+	ctx, tx, err := v.beginWrite(ctx)
 	if err != nil {
 		return "", fmt.Errorf("vault: add user: %w", err)
 	}
@@ -148,7 +148,7 @@ func (v *Vault) RemoveUser(ctx context.Context, name string) error {
 	if !names.ValidUserName(name) {
 		return fmt.Errorf("user: %w", ErrNotFound)
 	}
-	res, err := v.db.ExecContext(ctx, `DELETE FROM users WHERE name = ?`, name)
+	res, err := v.exec(ctx, `DELETE FROM users WHERE name = ?`, name)
 	if err != nil {
 		return fmt.Errorf("vault: remove user: %w", err)
 	}
@@ -307,7 +307,7 @@ func (v *Vault) VerifyTOTP(ctx context.Context, user, code string) error {
 		return ErrDenied
 	}
 	// Compare-and-set: of two concurrent logins with the same code, one wins.
-	res, err := v.db.ExecContext(ctx, `UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?`, step, user, step)
+	res, err := v.exec(ctx, `UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?`, step, user, step)
 	if err != nil {
 		return fmt.Errorf("vault: verify totp: %w", err)
 	}
