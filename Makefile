@@ -57,6 +57,7 @@ $(TOOLS)/gosec:
 bench: ## benchmarks against the real alternatives (see BENCHMARKS.md)
 	bash test/setup.sh
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2s -timeout 10m ./hsm/
+	$(GO) test -count=1 -run '^$$' -bench Relay -benchtime 10x -timeout 10m ./gateway/rdp/
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 75m ./test/
 
 .PHONY: clean

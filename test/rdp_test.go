@@ -44,11 +44,13 @@ var tokenLine = regexp.MustCompile(`RDP token: ([a-z2-7]+)\r?\n`)
 
 // rdpToken logs alice in through SSH as alice@rdp:SECRET from 127.0.0.1
 // (the address the RDP client will come from) and returns the token.
-func rdpToken(t *testing.T, g *gateway, secret string) string {
+func rdpToken(t testing.TB, g *gateway, secret string) string {
 	t.Helper()
-	r := g.SSHFrom(t, "127.0.0.1", sshRun{Login: "alice@rdp:" + secret, Answers: g.Alice.Answers()})
+	r, err := runCommand(g.sshCommand("127.0.0.1", sshRun{Login: "alice@rdp:" + secret, Answers: g.Alice.Answers()}))
+	r.Source = "127.0.0.1"
+	g.record(r)
 	m := tokenLine.FindStringSubmatch(r.Stdout)
-	if r.Code != 0 || m == nil || !strings.Contains(r.Stdout, "Expires: ") {
+	if err != nil || r.Code != 0 || m == nil || !strings.Contains(r.Stdout, "Expires: ") {
 		t.Fatalf("no RDP token for %s:\n%s", secret, r)
 	}
 	issuedTokens.add(m[1])
@@ -57,7 +59,7 @@ func rdpToken(t *testing.T, g *gateway, secret string) string {
 
 // addRDPSecret stores an RDP secret for alice, pinned to the certificate
 // with SHA-256 sum (or pinned on first use when sum is nil).
-func addRDPSecret(t *testing.T, g *gateway, name, addr, user string, password []byte, sum []byte) {
+func addRDPSecret(t testing.TB, g *gateway, name, addr, user string, password []byte, sum []byte) {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
 	args := []string{"secret", "add", name, "--protocol", "rdp", "--host", host, "--port", port, "--username", user, "--password-stdin", "--allow", "alice"}
