@@ -624,7 +624,7 @@ func (e *Engine) startGatewayLocked() error {
 	}
 	if e.cfg.RDPListener != nil {
 		rcfg := e.cfg.RDP
-		rcfg.Credentials = e.link
+		rcfg.Credentials, rcfg.Grants = e.link, e.link
 		if rcfg.Log == nil {
 			rcfg.Log = e.log
 		}

@@ -79,7 +79,7 @@ func keysMain(args []string, stdout, stderr io.Writer) int {
 
 commands:
   init        create the keys that are missing (KEK for a new vault, SSH host key,
-              audit and engine keys) in the configured provider, and print the
+              audit, engine and RDP TLS keys) in the configured provider, and print the
               SSH host key
   rotate-kek  re-wrap every data key under a new key-encryption key; resumes an
               interrupted rotation

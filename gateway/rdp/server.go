@@ -82,6 +82,13 @@ type Config struct {
 	// Logins is the failed-login limiter's configuration, as for SSH.
 	Logins admit.LoginConfig
 
+	// Grants, when set, is asked every RecheckEvery whether each live
+	// session's user may still use its secret; sessions that may not are
+	// ended. nil: no re-checks.
+	Grants sshgw.GrantChecker
+	// RecheckEvery is the re-check interval. Default 2 s.
+	RecheckEvery time.Duration
+
 	// TargetName is the NTLM target name announced to clients.
 	TargetName string
 	// Now is the clock and Rand the randomness (tests); nil: the real ones.
@@ -105,6 +112,7 @@ func (c *Config) setDefaults() {
 	def(&c.IdleTimeout, DefaultIdleTimeout)
 	def(&c.MaxSessionTime, DefaultMaxSessionTime)
 	def(&c.DialTimeout, DefaultDialTimeout)
+	def(&c.RecheckEvery, sshgw.DefaultRecheckEvery)
 	if c.TargetName == "" {
 		c.TargetName = DefaultTargetName
 	}
@@ -229,8 +237,9 @@ func (s *Server) Serve(l net.Listener) error {
 	s.listeners[l] = struct{}{}
 	if !s.janitorOn {
 		s.janitorOn = true
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go s.janitor()
+		go s.recheckLoop()
 	}
 	s.mu.Unlock()
 	defer func() {
@@ -392,9 +401,64 @@ func (s *Server) janitor() {
 	}
 }
 
+// recheckLoop asks cfg.Grants every RecheckEvery whether the live
+// sessions' grants still hold, and ends those that do not.
+func (s *Server) recheckLoop() {
+	defer s.wg.Done()
+	if s.cfg.Grants == nil {
+		return
+	}
+	t := time.NewTicker(s.cfg.RecheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.recheck()
+	}
+}
+
+// recheck runs one round: one question per live session (RDP sessions
+// are few per engine; no grouping needed). An error leaves the sessions
+// running until the next round.
+func (s *Server) recheck() {
+	s.mu.Lock()
+	var conns []*conn
+	var grants []sshgw.Grant
+	for c := range s.conns {
+		if c.established.Load() && c.endCause.Load() == nil {
+			conns = append(conns, c)
+			grants = append(grants, sshgw.Grant{Identity: c.id, Source: c.src, Secret: c.secret})
+		}
+	}
+	s.mu.Unlock()
+	if len(grants) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.RecheckEvery, 10*time.Second))
+	defer cancel()
+	ok, err := s.cfg.Grants.StillAllowed(ctx, grants)
+	if err != nil || len(ok) != len(grants) {
+		if s.ctx.Err() == nil {
+			s.cfg.Log.Debug("re-checking live RDP sessions failed; they go on until the next check", "err", err)
+		}
+		return
+	}
+	for i, c := range conns {
+		if !ok[i] {
+			s.cfg.Log.Warn("ending session: its grant no longer holds", "source", c.src.String(), "user", c.id.User, "secret", c.secret)
+			c.endCause.CompareAndSwap(nil, &causeRevoked)
+			_ = c.nc.Close()
+		}
+	}
+}
+
 var (
 	causeIdle    = "idle timeout"
 	causeMaxTime = "maximum session time reached"
+	causeRevoked = "access revoked"
 )
 
 func addrPort(a net.Addr) netip.AddrPort {

@@ -433,3 +433,72 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("nothing listening: %v", err)
 	}
 }
+
+// grantSwitch allows every grant until revoked.
+type grantSwitch struct {
+	mu      sync.Mutex
+	revoked bool
+}
+
+func (g *grantSwitch) StillAllowed(_ context.Context, grants []sshgw.Grant) ([]bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ok := make([]bool, len(grants))
+	for i := range ok {
+		ok[i] = !g.revoked
+	}
+	return ok, nil
+}
+
+func TestSessionRevoked(t *testing.T) {
+	f := startGateway(t, pdu.ProtocolHybrid)
+	grants := &grantSwitch{}
+	// Another server on the fixture's configuration, with the switch.
+	cfg := f.srv.cfg
+	cfg.Grants, cfg.RecheckEvery = grants, 20*time.Millisecond
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	tok := f.issue(t)
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+	cr := pdu.ConnectionRequest{HasNegotiation: true, RequestedProtocols: pdu.ProtocolHybrid}
+	out, _ := cr.Encode()
+	if _, err := nc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pdu.ReadTPKT(nc, 0); err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(nc, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) // #nosec G402 -- test client
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := credssp.SubjectPublicKey(tc.ConnectionState().PeerCertificates[0].RawSubjectPublicKeyInfo)
+	client, _ := ntlm.NewClient("alice@win01", "", []byte(tok), nil, nil)
+	if err := credssp.Authenticate(tc, pub, client, credssp.PasswordCreds{User: credssp.EncodeUTF16("alice@win01"), Password: credssp.EncodeUTF16(tok)}); err != nil {
+		t.Fatal(err)
+	}
+	<-f.target.logins
+	// The session is up (relaying); revoke, and the gateway ends it —
+	// well before the fixture's 10 s handshake deadline would.
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	grants.mu.Lock()
+	grants.revoked = true
+	grants.mu.Unlock()
+	if _, err := io.Copy(io.Discard, tc); err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("the session did not end cleanly: %v", err)
+	}
+}
