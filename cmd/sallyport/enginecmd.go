@@ -186,6 +186,13 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 			return nil, err
 		}
 		st.rdpAddr = rdpGW.ln.Addr().String()
+		// One failed-login budget for both ways in: a guesser gains
+		// nothing by switching between SSH and RDP.
+		if rdpGW.cfg.SharedLogins, err = admit.NewLogins(o.cfg.Gateway.LoginConfig()); err != nil {
+			_ = ln.Close()
+			_ = rdpGW.ln.Close()
+			return nil, err
+		}
 	}
 	closeListeners := func() {
 		_ = ln.Close()
@@ -224,7 +231,7 @@ func prepareEngine(ctx context.Context, o engineOptions, log *slog.Logger, lock 
 	gcfg := gatewayConfig(o.cfg, hostKey, auth, keys, reg, log, o.idle, o.maxSession)
 	gcfg.Audit = audit.Log{L: log}
 	if rdpGW != nil {
-		gcfg.RDPTokens, gcfg.RDPAddr = rdpGW.tokens, st.rdpAddr
+		gcfg.RDPTokens, gcfg.RDPAddr, gcfg.SharedLogins = rdpGW.tokens, st.rdpAddr, rdpGW.cfg.SharedLogins
 	}
 	eng.SetGateway(gcfg)
 	st.eng = eng

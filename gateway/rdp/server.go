@@ -81,6 +81,10 @@ type Config struct {
 	Admission admit.Config
 	// Logins is the failed-login limiter's configuration, as for SSH.
 	Logins admit.LoginConfig
+	// SharedLogins, when set, is the limiter itself, shared with the SSH
+	// gateway, so that one budget covers every way in; Logins is then
+	// unused.
+	SharedLogins *admit.Logins
 
 	// Grants, when set, is asked every RecheckEvery whether each live
 	// session's user may still use its secret; sessions that may not are
@@ -194,9 +198,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rdp gateway: certificate: %w", err)
 	}
-	logins, err := admit.NewLogins(cfg.Logins)
-	if err != nil {
-		return nil, fmt.Errorf("rdp gateway: %w", err)
+	logins := cfg.SharedLogins
+	if logins == nil {
+		if logins, err = admit.NewLogins(cfg.Logins); err != nil {
+			return nil, fmt.Errorf("rdp gateway: %w", err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{

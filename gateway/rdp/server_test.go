@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sallyport/sallyport/admit"
 	"github.com/sallyport/sallyport/audit"
 	"github.com/sallyport/sallyport/gateway/rdp/credssp"
 	"github.com/sallyport/sallyport/gateway/rdp/ntlm"
@@ -500,5 +501,38 @@ func TestSessionRevoked(t *testing.T) {
 	grants.mu.Unlock()
 	if _, err := io.Copy(io.Discard, tc); err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("the session did not end cleanly: %v", err)
+	}
+}
+
+// With a limiter shared with the SSH gateway, failures there count here:
+// a spent (user, source) budget refuses even a valid token.
+func TestSharedLoginBudget(t *testing.T) {
+	f := startGateway(t, pdu.ProtocolHybrid)
+	shared, err := admit.NewLogins(admit.LoginConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.srv.cfg
+	cfg.SharedLogins = shared
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	src := admit.SourceOf(netip.MustParseAddr("127.0.0.1"), admit.DefaultIPv4Bits, admit.DefaultIPv6Bits)
+	for range 12 {
+		shared.Failed("alice", src) // as the SSH gateway records them
+	}
+	_, err = connect(t, ln.Addr().String(), "", pdu.ProtocolHybrid, "alice@win01", f.issue(t))
+	wantStatus(t, err, logonFailure)
+	// The fixture's server, with a limiter of its own, lets alice in.
+	if _, err := connect(t, f.addr, "", pdu.ProtocolHybrid, "alice@win01", f.issue(t)); err != nil {
+		t.Fatalf("the fixture's own limiter: %v", err)
 	}
 }

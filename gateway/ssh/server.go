@@ -72,6 +72,10 @@ type Config struct {
 	// Logins is the failed-login limiter's configuration (see package
 	// admit): per (user, source), per source and per user budgets.
 	Logins admit.LoginConfig
+	// SharedLogins, when set, is the limiter itself, shared with the
+	// engine's other gateways (RDP), so that one budget covers every way
+	// in; Logins is then unused.
+	SharedLogins *admit.Logins
 
 	// Grants, when set, is asked every RecheckEvery whether each live
 	// session's user may still use its secret; sessions that may not are
@@ -188,7 +192,11 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	logins, err := admit.NewLogins(cfg.Logins)
+	logins := cfg.SharedLogins
+	var err error
+	if logins == nil {
+		logins, err = admit.NewLogins(cfg.Logins)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ssh gateway: %w", err)
 	}
