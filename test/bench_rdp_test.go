@@ -52,7 +52,7 @@ func BenchmarkRDP(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	gm, dm := medianFloat(viaGW), medianFloat(direct)
+	gm, dm := median(viaGW), median(direct)
 	b.ReportMetric(gm, "gateway-login-ms")
 	b.ReportMetric(dm, "direct-login-ms")
 	summarize(b, "rdp        NLA login (xfreerdp +auth-only, whole run), median of %d: through the gateway %.0f ms, straight to freerdp-shadow %.0f ms: +%.0f ms (goal <= +50)",
@@ -105,19 +105,4 @@ func BenchmarkRDP(b *testing.B) {
 	b.ReportMetric(per, "KiB/idle-session")
 	summarize(b, "rdp        %d idle full sessions (xfreerdp to freerdp-shadow) through the gateway: its VmRSS, each after a collection and %v idle, %d -> %d KiB = %.0f KiB/session (Go heap and stacks in use: %.0f KiB/session)",
 		sessions, idleWait, before, after, per, heap)
-}
-
-func medianFloat(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s[len(s)/2]
 }
