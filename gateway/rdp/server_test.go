@@ -435,6 +435,23 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// serveConfig runs another gateway on cfg (a fixture's, changed) until the
+// test ends, and returns its address.
+func serveConfig(t *testing.T, cfg Config) string {
+	t.Helper()
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
 // grantSwitch allows every grant until revoked.
 type grantSwitch struct {
 	mu      sync.Mutex
@@ -457,19 +474,10 @@ func TestSessionRevoked(t *testing.T) {
 	// Another server on the fixture's configuration, with the switch.
 	cfg := f.srv.cfg
 	cfg.Grants, cfg.RecheckEvery = grants, 20*time.Millisecond
-	srv, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	addr := serveConfig(t, cfg)
 
 	tok := f.issue(t)
-	nc, err := net.Dial("tcp", ln.Addr().String())
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,22 +522,13 @@ func TestSharedLoginBudget(t *testing.T) {
 	}
 	cfg := f.srv.cfg
 	cfg.SharedLogins = shared
-	srv, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	addr := serveConfig(t, cfg)
 
 	src := admit.SourceOf(netip.MustParseAddr("127.0.0.1"), admit.DefaultIPv4Bits, admit.DefaultIPv6Bits)
 	for range 12 {
 		shared.Failed("alice", src) // as the SSH gateway records them
 	}
-	_, err = connect(t, ln.Addr().String(), "", pdu.ProtocolHybrid, "alice@win01", f.issue(t))
+	_, err = connect(t, addr, "", pdu.ProtocolHybrid, "alice@win01", f.issue(t))
 	wantStatus(t, err, logonFailure)
 	// The fixture's server, with a limiter of its own, lets alice in.
 	if _, err := connect(t, f.addr, "", pdu.ProtocolHybrid, "alice@win01", f.issue(t)); err != nil {
